@@ -1,0 +1,32 @@
+"""hf_prune: prune attention heads and MLP neurons of Hugging Face transformers while they are fine-tuned."""
+
+__version__ = "0.1.0.dev0"
+
+from .architectures import ArchitectureSpec, get_architecture, register_architecture, supported_model_types
+from .auto import AutoPrunedModel
+from .configs import OneShotConfig, PruningConfig
+from .finalize import finalize_model
+from .gates import UnitGate, prepare_model_for_pruning
+from .methods import MagnitudeConfig, PruningMethod, RandomConfig
+from .registry import available_methods, register_method
+from .surgery import prune_structures
+
+
+__all__ = [
+    "ArchitectureSpec",
+    "AutoPrunedModel",
+    "MagnitudeConfig",
+    "OneShotConfig",
+    "PruningConfig",
+    "PruningMethod",
+    "RandomConfig",
+    "UnitGate",
+    "available_methods",
+    "finalize_model",
+    "get_architecture",
+    "prepare_model_for_pruning",
+    "prune_structures",
+    "register_architecture",
+    "register_method",
+    "supported_model_types",
+]

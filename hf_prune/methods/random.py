@@ -1,0 +1,32 @@
+"""Random pruning: a baseline that removes uniformly random units to the target sparsity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..configs import OneShotConfig
+from ..gates import HEADS, NEURONS
+from ..registry import register_method
+from .base import OneShotMethod
+
+
+@dataclass
+class RandomConfig(OneShotConfig):
+    """Prune random heads and neurons, one-shot at the end of training, to `target_sparsity` of the prunable
+    parameters. A baseline: any useful method must beat it."""
+
+    method = "random"
+
+
+class RandomMethod(OneShotMethod):
+    def scores(self) -> dict[str, list[torch.Tensor | None]]:
+        generator = torch.Generator().manual_seed(self.config.seed if self.config.seed is not None else 0)
+        return {
+            kind: [None if g is None else torch.rand(g.num_units, generator=generator) for g in self.state.gates(kind)]
+            for kind in (HEADS, NEURONS)
+        }
+
+
+register_method(RandomConfig, RandomMethod)

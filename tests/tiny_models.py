@@ -1,0 +1,76 @@
+"""Tiny random models of every supported family, built from config (no downloads). One row per family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import transformers as tf
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    make_config: Callable[[], tf.PretrainedConfig]
+    task_class: type  # the usual task head
+    base_class: type
+    heads: int  # query heads per layer
+    kv_heads: int
+    neurons: int
+    vision: bool = False
+
+
+def _text(**kw):
+    return dict(vocab_size=99, **kw)
+
+
+FAMILIES = [
+    Family("bert", lambda: tf.BertConfig(**_text(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+           intermediate_size=48)), tf.BertForSequenceClassification, tf.BertModel, 4, 4, 48),
+    Family("roberta", lambda: tf.RobertaConfig(**_text(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+           intermediate_size=48, pad_token_id=1)), tf.RobertaForSequenceClassification, tf.RobertaModel, 4, 4, 48),
+    Family("distilbert", lambda: tf.DistilBertConfig(**_text(dim=32, n_layers=2, n_heads=4, hidden_dim=48)),
+           tf.DistilBertForSequenceClassification, tf.DistilBertModel, 4, 4, 48),
+    Family("vit", lambda: tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+           image_size=16, patch_size=4, num_labels=3), tf.ViTForImageClassification, tf.ViTModel, 4, 4, 48, True),
+    Family("gpt2", lambda: tf.GPT2Config(**_text(n_embd=32, n_layer=2, n_head=4, n_inner=48, bos_token_id=0,
+           eos_token_id=0)), tf.GPT2LMHeadModel, tf.GPT2Model, 4, 4, 48),
+    Family("llama", lambda: tf.LlamaConfig(**_text(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=2, intermediate_size=48, bos_token_id=0, eos_token_id=0)),
+           tf.LlamaForCausalLM, tf.LlamaModel, 4, 2, 48),
+    Family("mistral", lambda: tf.MistralConfig(**_text(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=2, intermediate_size=48, bos_token_id=0, eos_token_id=0)),
+           tf.MistralForCausalLM, tf.MistralModel, 4, 2, 48),
+    Family("qwen2", lambda: tf.Qwen2Config(**_text(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=2, intermediate_size=48, bos_token_id=0, eos_token_id=0)),
+           tf.Qwen2ForCausalLM, tf.Qwen2Model, 4, 2, 48),
+]
+FAMILY_IDS = [f.name for f in FAMILIES]
+
+
+def build(family: Family, task: bool = True, seed: int = 0, attn: str = "sdpa") -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = family.make_config()
+    config._attn_implementation = attn
+    cls = family.task_class if task else family.base_class
+    model = cls(config).eval()
+    if attn != "sdpa":
+        model.set_attn_implementation(attn)
+    return model
+
+
+def inputs(family: Family, batch: int = 2, length: int = 7, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    if family.vision:
+        return {"pixel_values": torch.randn(batch, 3, 16, 16, generator=g)}
+    ids = torch.randint(3, 99, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, -2:] = 0  # padding exercises the attention mask
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**batch)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
