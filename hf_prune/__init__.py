@@ -10,6 +10,8 @@ from .gates import UnitGate, prepare_model_for_pruning
 from .methods import MagnitudeConfig, PruningMethod, RandomConfig
 from .registry import available_methods, register_method
 from .surgery import prune_structures
+from .trainer import PruningArguments, PruningTrainer
+from .callbacks import PruningScheduleCallback
 
 
 __all__ = [
@@ -18,7 +20,10 @@ __all__ = [
     "MagnitudeConfig",
     "OneShotConfig",
     "PruningConfig",
+    "PruningArguments",
     "PruningMethod",
+    "PruningScheduleCallback",
+    "PruningTrainer",
     "RandomConfig",
     "UnitGate",
     "available_methods",

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -63,15 +64,14 @@ class PruningConfig:
         return {"method": self.method, **dataclasses.asdict(self)}
 
     def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return to_json(self.to_dict())
 
     def save_pretrained(self, save_directory: str | os.PathLike, **extra: Any) -> str:
         """Write `pruning_config.json` (plus any `extra` top-level entries, e.g. the pruning result)."""
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, CONFIG_NAME)
         with open(path, "w") as f:
-            json.dump({**self.to_dict(), **extra}, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(to_json({**self.to_dict(), **extra}))
         return path
 
     @classmethod
@@ -109,6 +109,12 @@ class OneShotConfig(PruningConfig):
     def __post_init__(self):
         super().__post_init__()
         _require(0.0 <= self.target_sparsity < 1.0, "target_sparsity", self.target_sparsity, "use a value in [0, 1)")
+
+
+def to_json(data: dict) -> str:
+    """Indented JSON with lists of integers (kept indices) on one line."""
+    text = json.dumps(data, indent=2, sort_keys=True)
+    return re.sub(r"\[[\d\s,]*\]", lambda m: "[" + ", ".join(re.findall(r"\d+", m.group())) + "]", text) + "\n"
 
 
 def _require(condition: bool, name: str, value: Any, fix: str) -> None:

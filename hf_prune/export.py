@@ -31,7 +31,7 @@ from transformers.models.auto import modeling_auto
 from . import modeling_hf_prune
 from .accounting import forward_flops, layer_shapes, model_parameters, prunable_parameters
 from .architectures import ArchitectureSpec, get_architecture
-from .configs import CONFIG_NAME
+from .configs import CONFIG_NAME, to_json
 
 
 MODELING_FILE = "modeling_hf_prune.py"
@@ -161,8 +161,7 @@ def write_pruning_config(model: nn.Module, directory: str | os.PathLike) -> None
         config.save_pretrained(directory, result=result)
     else:
         with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-            json.dump({"method": "manual", "result": result}, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(to_json({"method": "manual", "result": result}))
 
 
 def pruning_result(model: nn.Module) -> dict:

@@ -1,0 +1,36 @@
+"""Trainer callbacks: the pruning schedule. Usable with a plain `transformers.Trainer` too."""
+
+from __future__ import annotations
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .gates import get_pruning_state, is_prepared
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+class PruningScheduleCallback(TrainerCallback):
+    """Drives the method's periodic decisions from the Trainer's own step counts.
+
+    After every optimizer step it calls the method's `on_optimizer_step(global_step, max_steps)`; the total number
+    of steps is read from `TrainerState`, never from the pruning config. With `finalize_on_train_end=True` it also
+    finalizes the model (bakes gates in and removes pruned units) when training ends; `PruningTrainer.finalize()`
+    does the same on demand and also resets the optimizer.
+    """
+
+    def __init__(self, finalize_on_train_end: bool = False):
+        self.finalize_on_train_end = finalize_on_train_end
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
+        model = _unwrap(model)
+        if model is not None and is_prepared(model):
+            get_pruning_state(model).method.on_optimizer_step(state.global_step, state.max_steps)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
+        model = _unwrap(model)
+        if self.finalize_on_train_end and model is not None and is_prepared(model):
+            from .finalize import finalize_model
+
+            finalize_model(model)

@@ -1,0 +1,64 @@
+"""What a gated (not yet finalized) model would keep: metrics for logging and the checkpoint `pruning_config.json`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .accounting import forward_flops, model_parameters, prunable_parameters, unit_costs
+from .architectures import transformer_blocks
+from .gates import HEADS, NEURONS, get_pruning_state
+
+SEQ_LEN = 128  # FLOPs are reported per sequence of this many tokens
+
+
+def gated_summary(model: nn.Module) -> dict:
+    """Kept units per layer under the current masks, and the parameter and FLOP counts the model would have if it
+    were finalized now (computed from unit sizes; the model is not touched)."""
+    state = get_pruning_state(model)
+    layers = list(transformer_blocks(model, state.spec))
+    heads_kept, neurons_kept, removed, removed_heads = {}, {}, 0, 0
+    for gated, layer in zip(state.layers, layers):
+        head_cost, neuron_cost = unit_costs(layer, state.spec, state.head_dim, gated.group_size)
+        if gated.head_gate is not None:
+            keep = gated.head_gate.mask.repeat_interleave(gated.group_size)
+            heads_kept[gated.index] = keep.nonzero().flatten().tolist()
+            pruned_units = int((~gated.head_gate.mask).sum())
+            removed += pruned_units * head_cost
+            removed_heads += pruned_units * gated.group_size
+        if gated.neuron_gate is not None:
+            neurons_kept[gated.index] = gated.neuron_gate.mask.nonzero().flatten().tolist()
+            removed += int((~gated.neuron_gate.mask).sum()) * neuron_cost
+    prunable = prunable_parameters(model, state.spec)
+    parameters = model_parameters(model)
+    flops = forward_flops(model, state.spec, state.head_dim, SEQ_LEN)
+    # a removed weight saves one multiply-add per token; a removed head also its score and context products
+    flops_removed = 2 * SEQ_LEN * removed + 4 * SEQ_LEN * SEQ_LEN * state.head_dim * removed_heads
+    return {
+        "kept_heads": {str(k): v for k, v in heads_kept.items()},
+        "kept_neurons": {str(k): v for k, v in neurons_kept.items()},
+        "before": {"parameters": parameters, "prunable_parameters": prunable, f"flops_per_sequence_{SEQ_LEN}": flops},
+        "after_projected": {
+            "parameters": parameters - removed,
+            "prunable_parameters": prunable - removed,
+            f"flops_per_sequence_{SEQ_LEN}": flops - flops_removed,
+        },
+        "sparsity": removed / prunable,
+    }
+
+
+def pruning_metrics(model: nn.Module) -> dict[str, float]:
+    """`pruning/*` scalars for `Trainer.log`."""
+    state = get_pruning_state(model)
+    metrics = {}
+    for kind in (HEADS, NEURONS):
+        gates = [g for g in state.gates(kind) if g is not None]
+        if gates:
+            kept = sum(int(g.mask.sum()) for g in gates)
+            scale = state.layers[0].group_size if kind == HEADS else 1
+            metrics[f"pruning/{kind}_kept"] = kept * scale
+            metrics[f"pruning/{kind}_kept_fraction"] = kept / sum(g.num_units for g in gates)
+    summary = gated_summary(model)
+    metrics["pruning/sparsity"] = summary["sparsity"]
+    metrics["pruning/parameter_ratio"] = summary["after_projected"]["parameters"] / summary["before"]["parameters"]
+    metrics.update({f"pruning/{k}": v for k, v in state.method.metrics().items()})
+    return metrics

@@ -1,0 +1,171 @@
+"""`PruningTrainer` and `PruningArguments`: fine-tune and prune in one `Trainer` run."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from .callbacks import PruningScheduleCallback
+from .configs import PruningConfig
+from .finalize import finalize_model
+from .gates import gate_parameters, get_pruning_state, is_prepared, prepare_model_for_pruning
+from .report import gated_summary, pruning_metrics
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PruningArguments(TrainingArguments):
+    """`TrainingArguments` plus the run-time knobs of pruning.
+
+    Args:
+        gate_learning_rate (`float`, *optional*): learning rate of the gate parameters (their own optimizer group,
+            without weight decay). Defaults to the method's recommended value, or `learning_rate` when it has none.
+        pruning_loss_weight (`float`, defaults to `1.0`): multiplier of the method's loss term (e.g. BMRS's KL).
+        finalize_on_train_end (`bool`, defaults to `False`): finalize the model (remove pruned units) when `train()`
+            ends; otherwise call `trainer.finalize()`.
+    """
+
+    gate_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the pruning gates (default: the method's recommendation)."}
+    )
+    pruning_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the method's loss term."})
+    finalize_on_train_end: bool = field(
+        default=False, metadata={"help": "Remove the pruned units when training ends."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gate_learning_rate is not None and self.gate_learning_rate <= 0:
+            raise ValueError(f"Invalid gate_learning_rate={self.gate_learning_rate}: use a positive value or None.")
+        if self.pruning_loss_weight < 0:
+            raise ValueError(f"Invalid pruning_loss_weight={self.pruning_loss_weight}: use a value >= 0.")
+
+
+class PruningTrainer(Trainer):
+    """A `Trainer` that prunes attention heads and MLP neurons while it fine-tunes.
+
+    Args:
+        model: a model of a supported family. If it has no gates yet and `pruning_config` is given, it is prepared
+            with `prepare_model_for_pruning`.
+        args (`PruningArguments` or `TrainingArguments`): plain `TrainingArguments` are converted.
+        pruning_config (`PruningConfig`, *optional*): what to prune and how (e.g. `RandomConfig(target_sparsity=0.5)`).
+        **kwargs: everything `transformers.Trainer` accepts.
+
+    Example:
+
+    ```python
+    trainer = PruningTrainer(model=model, args=PruningArguments(output_dir="out"),
+                             pruning_config=MagnitudeConfig(target_sparsity=0.5), train_dataset=train)
+    trainer.train()
+    pruned = trainer.finalize()
+    pruned.save_pretrained("out/pruned")
+    ```
+    """
+
+    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None,
+                 pruning_config: PruningConfig | None = None, **kwargs):
+        if args is None:
+            args = PruningArguments(output_dir="tmp_trainer")
+        elif not isinstance(args, PruningArguments):
+            args = PruningArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init})
+        if model is None:
+            raise ValueError("PruningTrainer needs a `model` (model_init is not supported).")
+        if not is_prepared(model):
+            if pruning_config is None:
+                raise ValueError("Pass `pruning_config=` (e.g. `MagnitudeConfig(...)`), or a model already prepared "
+                                 "with `prepare_model_for_pruning`.")
+            prepare_model_for_pruning(model, pruning_config)
+        elif pruning_config is not None and pruning_config != get_pruning_state(model).config:
+            raise ValueError("The model was prepared with a different pruning config than `pruning_config`.")
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if not any(isinstance(c, PruningScheduleCallback) for c in callbacks):
+            callbacks.append(PruningScheduleCallback(finalize_on_train_end=args.finalize_on_train_end))
+        super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
+        self.pruning_config = get_pruning_state(model).config
+        self._pruning_loss_sum = 0.0
+        self._pruning_loss_count = 0
+
+    # -- the pieces that need the trainer ------------------------------------------------------------------------
+    @property
+    def pruned_model(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the gate parameters moved to their own group (own lr, no weight decay)."""
+        optimizer = super().create_optimizer(model)
+        gates = {id(p) for p in gate_parameters(self.pruned_model)}
+        if not gates or any(group.get("hf_prune_gates") for group in optimizer.param_groups):
+            return optimizer
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in gates]
+        method = get_pruning_state(self.pruned_model).method
+        lr = self.args.gate_learning_rate or getattr(method, "default_gate_learning_rate", None) or self.args.learning_rate
+        optimizer.add_param_group(
+            {"params": gate_parameters(self.pruned_model), "lr": lr, "weight_decay": 0.0, "hf_prune_gates": True}
+        )
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and is_prepared(self.pruned_model) and self.args.pruning_loss_weight > 0:
+            extra = get_pruning_state(self.pruned_model).method.loss(self._num_training_examples())
+            if extra is not None:
+                extra = self.args.pruning_loss_weight * extra
+                self._pruning_loss_sum += float(extra.detach())
+                self._pruning_loss_count += 1
+                # The term must count once per optimizer step. The Trainer divides each micro-batch loss by the
+                # accumulation steps unless the loss was already normalised by `num_items_in_batch`; match that.
+                # Gradients of this rank-identical term are averaged by DDP, so no process-count factor is needed.
+                if self._loss_scaled_for_ga(num_items_in_batch):
+                    extra = extra / self.current_gradient_accumulation_steps
+                loss = loss + extra.to(loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if is_prepared(self.pruned_model):
+            get_pruning_state(self.pruned_model).method.after_backward(self, model, inputs)
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if is_prepared(self.pruned_model):
+            logs.update(pruning_metrics(self.pruned_model))
+            if self._pruning_loss_count:
+                logs["pruning/loss_term"] = self._pruning_loss_sum / self._pruning_loss_count
+                self._pruning_loss_sum, self._pruning_loss_count = 0.0, 0
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and is_prepared(self.pruned_model):
+            # gated checkpoints: the config plus what would be kept if the model were finalized now
+            self.pruning_config.save_pretrained(output_dir, result=gated_summary(self.pruned_model))
+
+    def finalize(self) -> nn.Module:
+        """Apply the method's final rule, remove the pruned units and return the smaller model (also set as
+        `trainer.model`). The optimizer and scheduler are reset, since their parameters no longer exist."""
+        model = self.pruned_model
+        if is_prepared(model):
+            finalize_model(model)
+        self.model = self.model_wrapped = model
+        self.optimizer, self.lr_scheduler = None, None
+        return model
+
+    def _loss_scaled_for_ga(self, num_items_in_batch) -> bool:
+        # mirrors Trainer.training_step's decision to divide the loss by the accumulation steps
+        if getattr(self, "loss_is_scaled_for_ga", None) is not None:
+            return self.loss_is_scaled_for_ga
+        return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+
+    def _num_training_examples(self) -> int | None:
+        try:
+            return len(self.train_dataset)
+        except TypeError:
+            return None
