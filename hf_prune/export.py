@@ -104,7 +104,6 @@ def generated_module(spec: ArchitectureSpec):
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
-        transformers.AutoConfig.register(pruned_model_type(spec), getattr(module, _pruned_config_name(spec)))
         _GENERATED[spec.model_type] = module
     return _GENERATED[spec.model_type]
 

