@@ -49,9 +49,22 @@ def _log1mexp(x: Tensor) -> Tensor:
     return torch.where(x > -_LN2, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-def _log_half_erfcx(x: Tensor) -> Tensor:
-    """``log Phi(-x) + x**2 / 2`` (for ``x >= 0``), computed without cancellation."""
-    return torch.log(torch.special.erfcx(x * _INV_SQRT2) / 2)
+class _LogHalfErfcx(torch.autograd.Function):
+    """``log Phi(-x) + x**2 / 2`` for ``x >= 0``. The gradient ``x - lam(x)`` comes from `_inv_mills`, because torch's
+    ``erfcx`` backward cancels catastrophically for large ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.log(torch.special.erfcx(x * _INV_SQRT2) / 2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return -grad * _inv_mills(x)[1]
+
+
+_log_half_erfcx = _LogHalfErfcx.apply
 
 
 def _log_ndtr(x: Tensor) -> Tensor:
@@ -130,7 +143,7 @@ def truncated_lognormal_kl(mu: TensorLike, sigma: TensorLike, *, lower: float = 
     tail, sc, sm = s > 0, s.clamp(min=0.0), s.clamp(max=0.0)
     # One-sided case (mass against the nearer bound): -log Z - s*phi(s)/(2Z) is rewritten through d = lam(s) - s.
     lam_s, d_s = _inv_mills(sc)
-    lam_t = _SQRT_2_OVER_PI / torch.special.erfcx(t * _INV_SQRT2)
+    lam_t = _inv_mills(t)[0]
     log_r = _log_half_erfcx(t) - _log_half_erfcx(sc) - torch.where(tail, w, t - sc) * (t + sc) / 2  # Phi(-t)/Phi(-s)
     kl_tail = (torch.log(w) - 0.5 + torch.log(lam_s) - sc * d_s / 2 - _log1mexp(log_r)
                + (t * lam_t - sc * lam_s) * torch.exp(log_r) / (-2 * torch.expm1(log_r)))  # fmt: skip
@@ -160,21 +173,43 @@ def truncated_lognormal_second_moment(
     return torch.exp(_log_moment(mu, sigma, 2, lower, upper)[0])
 
 
+def _trunc_var(x: Tensor) -> Tensor:
+    """Variance ``1 - lam * (lam - x)`` of ``N(0, 1)`` truncated to ``[x, inf)``, ``x >= 0``; continued fraction for ``x >= 5``."""
+    x_lo, x_hi = x.clamp(max=_CF_SWITCH), x.clamp(min=_CF_SWITCH)
+    lam, d = _inv_mills(x_lo)
+    e = torch.zeros_like(x_hi)
+    for k in range(_CF_TERMS, 2, -1):
+        e = k / (x_hi + e)
+    c = 2 / (x_hi + e)
+    return torch.where(x < _CF_SWITCH, 1 - lam * d, (x_hi**2 + 4 - e**2) / ((x_hi + e) ** 2 * (x_hi + c) ** 2))
+
+
+_GL4 = ((0.0694318442029737, 0.1739274225687269), (0.3300094782075719, 0.3260725774312731),
+        (0.6699905217924281, 0.3260725774312731), (0.9305681557970263, 0.1739274225687269))  # fmt: skip
+
+
 def truncated_lognormal_snr(mu: TensorLike, sigma: TensorLike, *, lower: float = -20.0, upper: float = 0.0) -> Tensor:
     """Signal-to-noise ratio ``E[theta] / SD(theta)`` (the SNR < 1 baseline rule). Computed in float64, returns float64.
 
-    Uses ``Var / E**2 = expm1(log E[theta**2] - 2 log E[theta])``, with the log ratio assembled without cancellation
-    (it is exactly ``sigma**2`` in the untruncated limit). If the posterior is squeezed against a bound and its relative
-    spread falls below ~1e-7 (SNR > ~1e6), the relative accuracy drops to about ``1e-15 * SNR**2`` and the result is
-    capped at ``1 / sqrt(tiny)``. Such gates are far from the threshold of 1.
+    ``Var / E**2 = expm1(log E[theta**2] - 2 log E[theta])``, with the log ratio assembled without cancellation (it is
+    exactly ``sigma**2`` in the untruncated limit). For a posterior pressed against a bound with ``sigma`` much smaller
+    than the standardised distance, the second difference of the log normalisers is replaced by the integral of its
+    second derivative (the truncated-normal variance), so huge SNRs remain accurate too.
     """
     mu, sigma = _prep(mu, sigma, dtype=torch.float64)
     _, h0, h1, m0, m1 = _log_moment(mu, sigma, 1, lower, upper)
     _, _, h2, _, m2 = _log_moment(mu, sigma, 2, lower, upper)
-    alpha, beta = (lower - mu) / sigma, (upper - mu) / sigma
+    alpha, beta, w = _standardize(mu, sigma, lower, upper)
     one_sided = (alpha >= 2 * sigma) | (beta <= 0)  # the same bound is nearest for k = 0, 1, 2: quadratic parts cancel
     quad = torch.where(one_sided, torch.zeros_like(mu), sigma**2 + (2 * m1**2 - m0**2 - m2**2) / 2)
-    rel_var = torch.expm1(quad + h2 + h0 - 2 * h1).clamp(min=torch.finfo(torch.float64).tiny)
+    log_ratio = quad + h2 + h0 - 2 * h1
+    # Mirrored standardised bounds are x1 - sigma, x1, x1 + sigma. d2 L = int (sigma - |u|) v(x1 + u) du for L = log Phi(-x) + x**2/2.
+    x1 = torch.where(beta <= 0, sigma - beta, alpha - sigma).clamp(min=sigma)
+    fine = one_sided & (sigma <= 0.01 * x1.clamp(min=1.0))
+    d2 = sum(g * (1 - y) * (_trunc_var(x1 + sigma * y) + _trunc_var(x1 - sigma * y)) for y, g in _GL4) * sigma**2
+    for k, x in ((1, x1 - sigma), (-2, x1), (1, x1 + sigma)):  # second difference of the log(1 - Phi(-t)/Phi(-s)) part
+        d2 = d2 + k * _log1mexp(_log_half_erfcx(x + w) - _log_half_erfcx(x) - w * (2 * x + w) / 2)
+    rel_var = torch.expm1(torch.where(fine, d2, log_ratio)).clamp(min=torch.finfo(torch.float64).tiny)
     return torch.rsqrt(rel_var)
 
 
@@ -209,9 +244,10 @@ def delta_f_normal(
     var, var_p = sigma**2, s_p**2
     tot = var + var_p
     d_q, d_p = (m_p - mu) * (var / tot), (mu - m_p) * (var_p / tot)  # mu_rq - mu and mu_rq - m_p
-    mu_rq = torch.where(var <= var_p, mu + d_q, m_p + d_p)
     s_rq = sigma * s_p / torch.sqrt(tot)
-    out = math.log(upper - lower) - 0.5 * (_LOG_2PI + torch.log(tot)) + _log_mass(*_standardize(mu_rq, s_rq, lower, upper))[0]
+    near_mu = var <= var_p  # offset the reduced posterior from whichever mean it is closer to
+    lo_rq, hi_rq = ((torch.where(near_mu, b - mu - d_q, b - m_p - d_p) / s_rq) for b in (lower, upper))
+    out = math.log(upper - lower) - 0.5 * (_LOG_2PI + torch.log(tot)) + _log_mass(lo_rq, hi_rq, (upper - lower) / s_rq)[0]
     for m, s, d in ((mu, sigma, d_q), (m_p, s_p, d_p)):
         e = m.clamp(lower, upper)  # anchor of this normaliser
         g = torch.minimum(torch.maximum(m - e + d, lower - e), upper - e)  # phi* - e, without rounding phi*

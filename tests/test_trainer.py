@@ -1,0 +1,95 @@
+"""PruningTrainer end to end on tiny models of every family: a few CPU steps, finalize, reload."""
+
+import json
+
+import datasets
+import pytest
+import torch
+
+import hf_prune
+from hf_prune import MagnitudeConfig, PruningArguments, PruningTrainer, RandomConfig
+
+from .tiny_models import FAMILIES, FAMILY_IDS, build, inputs, logits
+
+
+def dataset(family, n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if family.vision:
+        pixels = torch.randn(n, 3, 16, 16, generator=g)
+        return datasets.Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": (pixels[:, 0, 0, 0] > 0).long().tolist()})
+    ids = torch.randint(3, 99, (n, 8), generator=g)
+    if family.task_class.__name__.endswith(("CausalLM", "LMHeadModel")):
+        return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] > 50).long().tolist()})
+
+
+def arguments(tmp_path, **overrides):
+    defaults = dict(output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=8, logging_steps=2,
+                    save_steps=2, use_cpu=True, report_to=[], seed=0, learning_rate=1e-3)
+    return PruningArguments(**{**defaults, **overrides})
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
+def test_train_finalize_reload(family, tmp_path):
+    model = build(family)
+    trainer = PruningTrainer(model=model, args=arguments(tmp_path),
+                             pruning_config=MagnitudeConfig(target_sparsity=0.5), train_dataset=dataset(family))
+    trainer.train()
+
+    logged = [entry for entry in trainer.state.log_history if "pruning/sparsity" in entry]
+    assert logged and {"pruning/heads_kept", "pruning/neurons_kept", "pruning/parameter_ratio"} <= logged[0].keys()
+    checkpoint = json.loads((tmp_path / "run" / "checkpoint-2" / "pruning_config.json").read_text())
+    assert checkpoint["method"] == "magnitude" and checkpoint["target_sparsity"] == 0.5
+    assert "kept_heads" in checkpoint["result"] and "after_projected" in checkpoint["result"]
+
+    batch = inputs(family)
+    pruned = trainer.finalize().eval()
+    assert trainer.model is pruned and not hf_prune.gates.is_prepared(pruned)
+    expected = logits(pruned, batch)
+    pruned.save_pretrained(tmp_path / "pruned")
+    saved = json.loads((tmp_path / "pruned" / "pruning_config.json").read_text())
+    spec = hf_prune.get_architecture(pruned)
+    head_cost, neuron_cost = hf_prune.accounting.unit_costs(
+        pruned.base_model.get_submodule(spec.layers)[0], spec, spec.head_dim(pruned.config), family.heads // family.kv_heads)
+    total = saved["result"]["before"]["prunable_parameters"]
+    removed = total - saved["result"]["after"]["prunable_parameters"]
+    assert abs(removed - 0.5 * total) <= max(head_cost, neuron_cost)  # within one unit of the target
+    assert saved["result"]["after"]["flops_per_sequence_128"] < saved["result"]["before"]["flops_per_sequence_128"]
+    reloaded = hf_prune.AutoPrunedModel.from_pretrained(tmp_path / "pruned")
+    torch.testing.assert_close(logits(reloaded, batch), expected, atol=1e-5, rtol=0)
+
+
+def test_trainer_save_model_after_finalize_writes_a_reloadable_folder(tmp_path):
+    family = FAMILIES[0]
+    trainer = PruningTrainer(model=build(family), args=arguments(tmp_path, max_steps=2),
+                             pruning_config=RandomConfig(target_sparsity=0.3, seed=1), train_dataset=dataset(family))
+    trainer.train()
+    pruned = trainer.finalize().eval()
+    trainer.save_model(str(tmp_path / "final"))
+    batch = inputs(family)
+    reloaded = hf_prune.AutoPrunedModel.from_pretrained(tmp_path / "final")
+    torch.testing.assert_close(logits(reloaded, batch), logits(pruned, batch), atol=1e-5, rtol=0)
+
+
+def test_gate_parameter_group_and_plain_training_arguments(tmp_path):
+    """Plain TrainingArguments are accepted; gate parameters get their own optimizer group."""
+    from transformers import TrainingArguments
+
+    family = FAMILIES[0]
+    model = build(family)
+    hf_prune.prepare_model_for_pruning(model, RandomConfig())
+    for gate in hf_prune.gates.get_pruning_state(model).gates("heads"):  # a method whose gates are trainable
+        gate.register_parameter("scale", torch.nn.Parameter(torch.ones(gate.num_units)))
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to=[], weight_decay=0.1)
+    trainer = PruningTrainer(model=model, args=args, train_dataset=dataset(family))
+    assert isinstance(trainer.args, PruningArguments)
+    optimizer = trainer.create_optimizer()
+    gate_groups = [g for g in optimizer.param_groups if g.get("hf_prune_gates")]
+    assert len(gate_groups) == 1 and gate_groups[0]["weight_decay"] == 0.0
+    assert len(gate_groups[0]["params"]) == 2  # one trainable tensor per head gate, two layers
+    assert all(p.requires_grad for group in optimizer.param_groups for p in group["params"])
+
+
+def test_trainer_requires_a_config_or_a_prepared_model(tmp_path):
+    with pytest.raises(ValueError, match="pruning_config"):
+        PruningTrainer(model=build(FAMILIES[0]), args=arguments(tmp_path))
