@@ -4,6 +4,7 @@ __version__ = "0.1.0.dev0"
 
 from .architectures import ArchitectureSpec, get_architecture, register_architecture, supported_model_types
 from .auto import AutoPrunedModel
+from .callbacks import PruningScheduleCallback
 from .configs import OneShotConfig, PruningConfig
 from .finalize import finalize_model
 from .gates import UnitGate, prepare_model_for_pruning
@@ -11,7 +12,6 @@ from .methods import MagnitudeConfig, PruningMethod, RandomConfig
 from .registry import available_methods, register_method
 from .surgery import prune_structures
 from .trainer import PruningArguments, PruningTrainer
-from .callbacks import PruningScheduleCallback
 
 
 __all__ = [
@@ -19,8 +19,8 @@ __all__ = [
     "AutoPrunedModel",
     "MagnitudeConfig",
     "OneShotConfig",
-    "PruningConfig",
     "PruningArguments",
+    "PruningConfig",
     "PruningMethod",
     "PruningScheduleCallback",
     "PruningTrainer",

@@ -28,7 +28,9 @@ class PruningScheduleCallback(TrainerCallback):
         if model is not None and is_prepared(model):
             get_pruning_state(model).method.on_optimizer_step(state.global_step, state.max_steps)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
+    ):
         model = _unwrap(model)
         if self.finalize_on_train_end and model is not None and is_prepared(model):
             from .finalize import finalize_model

@@ -47,7 +47,9 @@ class PruningConfig:
         default=False,
         metadata={"help": "Keep equal head/neuron counts in every layer so the stock config can describe the model."},
     )
-    neuron_multiple: int = field(default=1, metadata={"help": "Round kept neurons per layer up to a multiple of this."})
+    neuron_multiple: int = field(
+        default=1, metadata={"help": "Round kept neurons per layer up to a multiple of this."}
+    )
     min_heads_per_layer: int = field(default=0, metadata={"help": "Minimum heads (units) kept in each layer."})
     min_neurons_per_layer: int = field(default=0, metadata={"help": "Minimum MLP neurons kept in each layer."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the method's random stream."})

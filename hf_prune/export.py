@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 import os
 import shutil
 import sys
@@ -78,7 +77,12 @@ def modeling_source(spec: ArchitectureSpec) -> str:
         f"    model_type = {pruned_model_type(spec)!r}",
     ]
     for stock in sorted(set(classes.values())):
-        lines += ["", "", f"class HfPruned{stock}(PrunedModelMixin, {stock}):", f"    config_class = HfPruned{config_cls}"]
+        lines += [
+            "",
+            "",
+            f"class HfPruned{stock}(PrunedModelMixin, {stock}):",
+            f"    config_class = HfPruned{config_cls}",
+        ]
     return inspect.getsource(modeling_hf_prune) + "\n".join(lines) + "\n"
 
 
@@ -123,7 +127,7 @@ class PrunedExportMixin:
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, is_main_process: bool = True, **kwargs):
         if not is_main_process:
-            return None
+            return
         save_directory = Path(save_directory)
         save_directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{save_directory.name}.tmp-", dir=save_directory.parent))
@@ -135,7 +139,7 @@ class PrunedExportMixin:
             _move_into(staging, save_directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return None
+        return
 
 
 def _move_into(staging: Path, target: Path) -> None:

@@ -23,7 +23,10 @@ def finalize_model(model: nn.Module) -> nn.Module:
     keep = state.method.keep_masks()
     plan = {HEADS: {}, NEURONS: {}}
     for gated, layer in zip(state.layers, transformer_blocks(model, state.spec)):
-        for kind, gate, path in ((HEADS, gated.head_gate, state.spec.o), (NEURONS, gated.neuron_gate, state.spec.mlp_out)):
+        for kind, gate, path in (
+            (HEADS, gated.head_gate, state.spec.o),
+            (NEURONS, gated.neuron_gate, state.spec.mlp_out),
+        ):
             if gate is None:
                 continue
             gate.mask &= keep[kind][gated.index].to(gate.mask.device)

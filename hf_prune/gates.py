@@ -137,7 +137,9 @@ def prepare_model_for_pruning(model: nn.Module, config: PruningConfig) -> nn.Mod
         if config.prune_heads:
             head_gate = _install(state, layer.get_submodule(spec.o), method.create_gate(HEADS, i, shape.kv_heads))
         if config.prune_neurons:
-            neuron_gate = _install(state, layer.get_submodule(spec.mlp_out), method.create_gate(NEURONS, i, shape.neurons))
+            neuron_gate = _install(
+                state, layer.get_submodule(spec.mlp_out), method.create_gate(NEURONS, i, shape.neurons)
+            )
         state.layers.append(GatedLayer(i, head_gate, neuron_gate, group_size))
     model._hf_prune_state = state
     method.attach(model, state)

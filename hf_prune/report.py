@@ -8,6 +8,7 @@ from .accounting import forward_flops, model_parameters, prunable_parameters, un
 from .architectures import transformer_blocks
 from .gates import HEADS, NEURONS, get_pruning_state
 
+
 SEQ_LEN = 128  # FLOPs are reported per sequence of this many tokens
 
 

@@ -40,7 +40,10 @@ def select_to_sparsity(
                 raise ValueError(f"non-finite pruning scores for {kind} in layer {layer}: the gate state is NaN/inf")
 
     costs = _costs(model, state)
-    minimum = {HEADS: math.ceil(config.min_heads_per_layer / state.layers[0].group_size), NEURONS: config.min_neurons_per_layer}
+    minimum = {
+        HEADS: math.ceil(config.min_heads_per_layer / state.layers[0].group_size),
+        NEURONS: config.min_neurons_per_layer,
+    }
     keep = {k: [m.clone() if m is not None else None for m in state.masks(k)] for k in (HEADS, NEURONS)}
     budget = target_sparsity * prunable_parameters(model, state.spec)
     spent = sum(

@@ -82,7 +82,9 @@ def _complement(removed: list[int], size: int) -> torch.Tensor:
     return keep.nonzero().flatten()
 
 
-def _kept_heads(spec: ArchitectureSpec, shape, removed: list[int], layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _kept_heads(
+    spec: ArchitectureSpec, shape, removed: list[int], layer: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     keep = _complement(removed, shape.heads)
     if not spec.grouped_query or shape.kv_heads == shape.heads:
         kv = keep if spec.grouped_query else None

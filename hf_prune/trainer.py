@@ -68,8 +68,13 @@ class PruningTrainer(Trainer):
     ```
     """
 
-    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None,
-                 pruning_config: PruningConfig | None = None, **kwargs):
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        pruning_config: PruningConfig | None = None,
+        **kwargs,
+    ):
         if args is None:
             args = PruningArguments(output_dir="tmp_trainer")
         elif not isinstance(args, PruningArguments):
@@ -78,8 +83,10 @@ class PruningTrainer(Trainer):
             raise ValueError("PruningTrainer needs a `model` (model_init is not supported).")
         if not is_prepared(model):
             if pruning_config is None:
-                raise ValueError("Pass `pruning_config=` (e.g. `MagnitudeConfig(...)`), or a model already prepared "
-                                 "with `prepare_model_for_pruning`.")
+                raise ValueError(
+                    "Pass `pruning_config=` (e.g. `MagnitudeConfig(...)`), or a model already prepared "
+                    "with `prepare_model_for_pruning`."
+                )
             prepare_model_for_pruning(model, pruning_config)
         elif pruning_config is not None and pruning_config != get_pruning_state(model).config:
             raise ValueError("The model was prepared with a different pruning config than `pruning_config`.")
@@ -105,7 +112,11 @@ class PruningTrainer(Trainer):
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in gates]
         method = get_pruning_state(self.pruned_model).method
-        lr = self.args.gate_learning_rate or getattr(method, "default_gate_learning_rate", None) or self.args.learning_rate
+        lr = (
+            self.args.gate_learning_rate
+            or getattr(method, "default_gate_learning_rate", None)
+            or self.args.learning_rate
+        )
         optimizer.add_param_group(
             {"params": gate_parameters(self.pruned_model), "lr": lr, "weight_decay": 0.0, "hf_prune_gates": True}
         )
@@ -162,7 +173,9 @@ class PruningTrainer(Trainer):
         # mirrors Trainer.training_step's decision to divide the loss by the accumulation steps
         if getattr(self, "loss_is_scaled_for_ga", None) is not None:
             return self.loss_is_scaled_for_ga
-        return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        return (
+            self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        ) or self.compute_loss_func is not None
 
     def _num_training_examples(self) -> int | None:
         try:

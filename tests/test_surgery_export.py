@@ -155,9 +155,15 @@ def test_export_reloads_everywhere(family, tmp_path):
     loud failure without it; (c) AutoPrunedModel for both. (a) and (b) load in a process without hf_prune."""
     batch = inputs(family)
     torch.save(batch, tmp_path / "inputs.pt")
-    auto = "AutoModelForImageClassification" if family.vision else (
-        "AutoModelForCausalLM" if family.task_class.__name__.endswith(("CausalLM", "LMHeadModel"))
-        else "AutoModelForSequenceClassification")
+    auto = (
+        "AutoModelForImageClassification"
+        if family.vision
+        else (
+            "AutoModelForCausalLM"
+            if family.task_class.__name__.endswith(("CausalLM", "LMHeadModel"))
+            else "AutoModelForSequenceClassification"
+        )
+    )
     cases = []
     for name, model in (("uniform", _prune_uniform(family)), ("per_layer", _prune_heterogeneous(family))):
         path = tmp_path / name
@@ -173,16 +179,28 @@ def test_export_reloads_everywhere(family, tmp_path):
         assert (path / "modeling_hf_prune.py").exists() == per_layer
         assert result["export"] == ("remote_code" if per_layer else "stock")
         assert result["after"]["parameters"] < result["before"]["parameters"]
-        common = {"name": name, "path": str(path), "auto": auto, "inputs": str(tmp_path / "inputs.pt"),
-                  "expected": str(tmp_path / f"{name}.pt")}
+        common = {
+            "name": name,
+            "path": str(path),
+            "auto": auto,
+            "inputs": str(tmp_path / "inputs.pt"),
+            "expected": str(tmp_path / f"{name}.pt"),
+        }
         cases.append({**common, "trust": per_layer, "expect_error": False})
         if per_layer:
             cases.append({**common, "trust": False, "expect_error": True})
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     (tmp_path / "load.py").write_text(_LOADER)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    run = subprocess.run([sys.executable, str(tmp_path / "load.py"), str(tmp_path / "cases.json")],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "load.py"), str(tmp_path / "cases.json")],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "refused:" in run.stdout
 
@@ -231,9 +249,19 @@ def test_pruning_twice_uses_current_indices(tmp_path):
 
 
 def test_unsupported_model_names_the_supported_families():
-    model = tf.AlbertModel(tf.AlbertConfig(vocab_size=50, hidden_size=32, num_attention_heads=4,
-                                           intermediate_size=37, embedding_size=16, num_hidden_layers=1))
-    with pytest.raises(ValueError, match=r"Supported families: bert, distilbert, gpt2, llama, mistral, qwen2, roberta"):
+    model = tf.AlbertModel(
+        tf.AlbertConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=37,
+            embedding_size=16,
+            num_hidden_layers=1,
+        )
+    )
+    with pytest.raises(
+        ValueError, match=r"Supported families: bert, distilbert, gpt2, llama, mistral, qwen2, roberta"
+    ):
         hf_prune.prepare_model_for_pruning(model, hf_prune.RandomConfig())
     with pytest.raises(ValueError, match="adding_a_family"):
         hf_prune.prune_structures(model, neurons={0: [1]})

@@ -16,7 +16,9 @@ def dataset(family, n=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     if family.vision:
         pixels = torch.randn(n, 3, 16, 16, generator=g)
-        return datasets.Dataset.from_dict({"pixel_values": pixels.tolist(), "labels": (pixels[:, 0, 0, 0] > 0).long().tolist()})
+        return datasets.Dataset.from_dict(
+            {"pixel_values": pixels.tolist(), "labels": (pixels[:, 0, 0, 0] > 0).long().tolist()}
+        )
     ids = torch.randint(3, 99, (n, 8), generator=g)
     if family.task_class.__name__.endswith(("CausalLM", "LMHeadModel")):
         return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
@@ -24,16 +26,29 @@ def dataset(family, n=32, seed=0):
 
 
 def arguments(tmp_path, **overrides):
-    defaults = dict(output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=8, logging_steps=2,
-                    save_steps=2, use_cpu=True, report_to=[], seed=0, learning_rate=1e-3)
+    defaults = dict(
+        output_dir=str(tmp_path / "run"),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        logging_steps=2,
+        save_steps=2,
+        use_cpu=True,
+        report_to=[],
+        seed=0,
+        learning_rate=1e-3,
+    )
     return PruningArguments(**{**defaults, **overrides})
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
 def test_train_finalize_reload(family, tmp_path):
     model = build(family)
-    trainer = PruningTrainer(model=model, args=arguments(tmp_path),
-                             pruning_config=MagnitudeConfig(target_sparsity=0.5), train_dataset=dataset(family))
+    trainer = PruningTrainer(
+        model=model,
+        args=arguments(tmp_path),
+        pruning_config=MagnitudeConfig(target_sparsity=0.5),
+        train_dataset=dataset(family),
+    )
     trainer.train()
 
     logged = [entry for entry in trainer.state.log_history if "pruning/sparsity" in entry]
@@ -50,7 +65,11 @@ def test_train_finalize_reload(family, tmp_path):
     saved = json.loads((tmp_path / "pruned" / "pruning_config.json").read_text())
     spec = hf_prune.get_architecture(pruned)
     head_cost, neuron_cost = hf_prune.accounting.unit_costs(
-        pruned.base_model.get_submodule(spec.layers)[0], spec, spec.head_dim(pruned.config), family.heads // family.kv_heads)
+        pruned.base_model.get_submodule(spec.layers)[0],
+        spec,
+        spec.head_dim(pruned.config),
+        family.heads // family.kv_heads,
+    )
     total = saved["result"]["before"]["prunable_parameters"]
     removed = total - saved["result"]["after"]["prunable_parameters"]
     assert abs(removed - 0.5 * total) <= max(head_cost, neuron_cost)  # within one unit of the target
@@ -61,8 +80,12 @@ def test_train_finalize_reload(family, tmp_path):
 
 def test_trainer_save_model_after_finalize_writes_a_reloadable_folder(tmp_path):
     family = FAMILIES[0]
-    trainer = PruningTrainer(model=build(family), args=arguments(tmp_path, max_steps=2),
-                             pruning_config=RandomConfig(target_sparsity=0.3, seed=1), train_dataset=dataset(family))
+    trainer = PruningTrainer(
+        model=build(family),
+        args=arguments(tmp_path, max_steps=2),
+        pruning_config=RandomConfig(target_sparsity=0.3, seed=1),
+        train_dataset=dataset(family),
+    )
     trainer.train()
     pruned = trainer.finalize().eval()
     trainer.save_model(str(tmp_path / "final"))

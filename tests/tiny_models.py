@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import transformers as tf
@@ -26,25 +26,121 @@ def _text(**kw):
 
 
 FAMILIES = [
-    Family("bert", lambda: tf.BertConfig(**_text(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-           intermediate_size=48)), tf.BertForSequenceClassification, tf.BertModel, 4, 4, 48),
-    Family("roberta", lambda: tf.RobertaConfig(**_text(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-           intermediate_size=48, pad_token_id=1)), tf.RobertaForSequenceClassification, tf.RobertaModel, 4, 4, 48),
-    Family("distilbert", lambda: tf.DistilBertConfig(**_text(dim=32, n_layers=2, n_heads=4, hidden_dim=48)),
-           tf.DistilBertForSequenceClassification, tf.DistilBertModel, 4, 4, 48),
-    Family("vit", lambda: tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-           image_size=16, patch_size=4, num_labels=3), tf.ViTForImageClassification, tf.ViTModel, 4, 4, 48, True),
-    Family("gpt2", lambda: tf.GPT2Config(**_text(n_embd=32, n_layer=2, n_head=4, n_inner=48, bos_token_id=0,
-           eos_token_id=0)), tf.GPT2LMHeadModel, tf.GPT2Model, 4, 4, 48),
-    Family("llama", lambda: tf.LlamaConfig(**_text(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-           num_key_value_heads=2, intermediate_size=48, bos_token_id=0, eos_token_id=0)),
-           tf.LlamaForCausalLM, tf.LlamaModel, 4, 2, 48),
-    Family("mistral", lambda: tf.MistralConfig(**_text(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-           num_key_value_heads=2, intermediate_size=48, bos_token_id=0, eos_token_id=0)),
-           tf.MistralForCausalLM, tf.MistralModel, 4, 2, 48),
-    Family("qwen2", lambda: tf.Qwen2Config(**_text(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-           num_key_value_heads=2, intermediate_size=48, bos_token_id=0, eos_token_id=0)),
-           tf.Qwen2ForCausalLM, tf.Qwen2Model, 4, 2, 48),
+    Family(
+        "bert",
+        lambda: tf.BertConfig(
+            **_text(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
+        ),
+        tf.BertForSequenceClassification,
+        tf.BertModel,
+        4,
+        4,
+        48,
+    ),
+    Family(
+        "roberta",
+        lambda: tf.RobertaConfig(
+            **_text(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, pad_token_id=1)
+        ),
+        tf.RobertaForSequenceClassification,
+        tf.RobertaModel,
+        4,
+        4,
+        48,
+    ),
+    Family(
+        "distilbert",
+        lambda: tf.DistilBertConfig(**_text(dim=32, n_layers=2, n_heads=4, hidden_dim=48)),
+        tf.DistilBertForSequenceClassification,
+        tf.DistilBertModel,
+        4,
+        4,
+        48,
+    ),
+    Family(
+        "vit",
+        lambda: tf.ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            image_size=16,
+            patch_size=4,
+            num_labels=3,
+        ),
+        tf.ViTForImageClassification,
+        tf.ViTModel,
+        4,
+        4,
+        48,
+        True,
+    ),
+    Family(
+        "gpt2",
+        lambda: tf.GPT2Config(**_text(n_embd=32, n_layer=2, n_head=4, n_inner=48, bos_token_id=0, eos_token_id=0)),
+        tf.GPT2LMHeadModel,
+        tf.GPT2Model,
+        4,
+        4,
+        48,
+    ),
+    Family(
+        "llama",
+        lambda: tf.LlamaConfig(
+            **_text(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=48,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        ),
+        tf.LlamaForCausalLM,
+        tf.LlamaModel,
+        4,
+        2,
+        48,
+    ),
+    Family(
+        "mistral",
+        lambda: tf.MistralConfig(
+            **_text(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=48,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        ),
+        tf.MistralForCausalLM,
+        tf.MistralModel,
+        4,
+        2,
+        48,
+    ),
+    Family(
+        "qwen2",
+        lambda: tf.Qwen2Config(
+            **_text(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=48,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        ),
+        tf.Qwen2ForCausalLM,
+        tf.Qwen2Model,
+        4,
+        2,
+        48,
+    ),
 ]
 FAMILY_IDS = [f.name for f in FAMILIES]
 

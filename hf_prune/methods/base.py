@@ -58,7 +58,9 @@ class PruningMethod:
 
     def keep_masks(self) -> dict[str, list[torch.Tensor | None]]:
         """The final rule: per kind, per layer, a boolean tensor of the units to keep. Defaults to the current masks."""
-        return {kind: [m.clone() if m is not None else None for m in self.state.masks(kind)] for kind in (HEADS, NEURONS)}
+        return {
+            kind: [m.clone() if m is not None else None for m in self.state.masks(kind)] for kind in (HEADS, NEURONS)
+        }
 
     def metrics(self) -> dict[str, float]:
         """Method-specific metrics, logged as `pruning/<name>`."""

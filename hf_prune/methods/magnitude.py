@@ -56,11 +56,7 @@ class MagnitudeMethod(OneShotMethod):
         result = {HEADS: [], NEURONS: []}
         for layer, gated in zip(transformer_blocks(self.model, state.spec), state.layers):
             head_gate, neuron_gate = gated.head_gate, gated.neuron_gate
-            result[HEADS].append(
-                None
-                if head_gate is None
-                else _head_scores(layer, state.spec, head_gate.num_units)
-            )
+            result[HEADS].append(None if head_gate is None else _head_scores(layer, state.spec, head_gate.num_units))
             result[NEURONS].append(None if neuron_gate is None else _neuron_scores(layer, state.spec))
         return result
 
