@@ -8,7 +8,8 @@ from .callbacks import PruningScheduleCallback
 from .configs import OneShotConfig, PruningConfig
 from .finalize import finalize_model
 from .gates import UnitGate, prepare_model_for_pruning
-from .methods import MagnitudeConfig, PruningMethod, RandomConfig
+from .methods import BingoConfig, MagnitudeConfig, PruningMethod, RandomConfig, TaylorConfig
+from .model_card import set_card_info
 from .registry import available_methods, register_method
 from .surgery import prune_structures
 from .trainer import PruningArguments, PruningTrainer
@@ -17,6 +18,7 @@ from .trainer import PruningArguments, PruningTrainer
 __all__ = [
     "ArchitectureSpec",
     "AutoPrunedModel",
+    "BingoConfig",
     "MagnitudeConfig",
     "OneShotConfig",
     "PruningArguments",
@@ -25,6 +27,7 @@ __all__ = [
     "PruningScheduleCallback",
     "PruningTrainer",
     "RandomConfig",
+    "TaylorConfig",
     "UnitGate",
     "available_methods",
     "finalize_model",
@@ -33,5 +36,6 @@ __all__ = [
     "prune_structures",
     "register_architecture",
     "register_method",
+    "set_card_info",
     "supported_model_types",
 ]

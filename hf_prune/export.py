@@ -136,10 +136,24 @@ class PrunedExportMixin:
             if getattr(self.config, "hf_prune_layout", None) is not None:
                 (staging / MODELING_FILE).write_text(modeling_source(get_architecture(self)))
             write_pruning_config(self, staging)
+            if getattr(self, "_hf_prune_write_card", True):
+                from .model_card import write_model_card
+
+                write_model_card(self, staging, existing=save_directory / "README.md")
             _move_into(staging, save_directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return
+
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        """Publish the pruned folder (weights, config, modeling file when needed, `pruning_config.json`, model card).
+        Files are staged locally first, so a failed upload changes nothing on disk."""
+        card = dict(getattr(self, "_hf_prune_card", None) or {})
+        self._hf_prune_card = {**card, "repo_id": repo_id}
+        try:
+            return super().push_to_hub(repo_id, *args, **kwargs)
+        finally:
+            self._hf_prune_card = card
 
 
 def _move_into(staging: Path, target: Path) -> None:

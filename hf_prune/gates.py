@@ -9,6 +9,7 @@ parameters reach the optimizer and their state (including the keep-mask) is save
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -164,6 +165,20 @@ def remove_gates(model: nn.Module) -> PruningState:
             del module._modules[GATE_NAME]
     del model._hf_prune_state
     return state
+
+
+@contextlib.contextmanager
+def gates_bypassed(model: nn.Module):
+    """Temporarily run `model` without its gate hooks (the dense model), e.g. to time it before pruning."""
+    state = get_pruning_state(model)
+    for handle in state.hooks:
+        handle.remove()
+    try:
+        yield model
+    finally:
+        state.hooks = [
+            module.register_forward_pre_hook(_gate_hook) for module in model.modules() if GATE_NAME in module._modules
+        ]
 
 
 def gate_parameters(model: nn.Module) -> list[nn.Parameter]:

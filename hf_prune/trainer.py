@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -11,8 +12,11 @@ from transformers import Trainer, TrainingArguments
 
 from .callbacks import PruningScheduleCallback
 from .configs import PruningConfig
+from .export import PrunedExportMixin
 from .finalize import finalize_model
-from .gates import gate_parameters, get_pruning_state, is_prepared, prepare_model_for_pruning
+from .gates import gate_parameters, gates_bypassed, get_pruning_state, is_prepared, prepare_model_for_pruning
+from .latency import measure_latency as measure_latency_ms
+from .model_card import set_card_info, write_model_card
 from .report import gated_summary, pruning_metrics
 
 
@@ -159,15 +163,86 @@ class PruningTrainer(Trainer):
             # gated checkpoints: the config plus what would be kept if the model were finalized now
             self.pruning_config.save_pretrained(output_dir, result=gated_summary(self.pruned_model))
 
-    def finalize(self) -> nn.Module:
+    def train(self, *args, **kwargs):
+        self._hf_prune_training = True
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._hf_prune_training = False
+
+    def finalize(self, evaluate: bool | None = None, measure_latency: bool = True) -> nn.Module:
         """Apply the method's final rule, remove the pruned units and return the smaller model (also set as
-        `trainer.model`). The optimizer and scheduler are reset, since their parameters no longer exist."""
+        `trainer.model`). The optimizer and scheduler are reset, since their parameters no longer exist.
+
+        Args:
+            evaluate (`bool`, *optional*): evaluate on `eval_dataset` before and after pruning, for the model card
+                (defaults to whether there is an eval dataset).
+            measure_latency (`bool`, defaults to `True`): time the dense and the pruned forward pass (batch 8 × 128
+                tokens, median of 20) for the model card.
+        """
+        if getattr(self, "_hf_prune_training", False):
+            raise ValueError(
+                "finalize() was called while training is running. Finalize after `train()` returns, or set "
+                "`finalize_on_train_end=True` in PruningArguments."
+            )
         model = self.pruned_model
-        if is_prepared(model):
-            finalize_model(model)
+        if not is_prepared(model):
+            return model
+        evaluate = self.eval_dataset is not None if evaluate is None else evaluate
+        before = self.evaluate() if evaluate else {}
+        latency_before = None
+        if measure_latency:
+            with gates_bypassed(model):
+                latency_before = measure_latency_ms(model)
+        finalize_model(model)
         self.model = self.model_wrapped = model
         self.optimizer, self.lr_scheduler = None, None
+        after = self.evaluate() if evaluate else {}
+        latency = None
+        if measure_latency:
+            device = "cuda" if next(model.parameters()).is_cuda else "cpu"
+            latency = {
+                "device": device,
+                "batch_size": 8,
+                "seq_len": 128,
+                "repeats": 20,
+                "before_ms": latency_before,
+                "after_ms": measure_latency_ms(model),
+            }
+        metrics = {
+            key.removeprefix("eval_"): {"before": round(before[key], 4), "after": round(after[key], 4)}
+            for key in before
+            if key in after and not key.endswith(("_runtime", "_per_second", "epoch")) and key != "epoch"
+        }
+        set_card_info(model, metrics=metrics or None, latency=latency, training=self._training_summary())
         return model
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """For a finalized model, hf_prune's card (kept units, sizes, latency, metrics before/after); otherwise the
+        Trainer's own."""
+        model = self.pruned_model
+        if is_prepared(model) or not isinstance(model, PrunedExportMixin):
+            return super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            readme = os.path.join(self.args.output_dir, "README.md")
+            write_model_card(model, self.args.output_dir, existing=readme, repo_id=self.hub_model_id)
+
+    def _training_summary(self) -> dict:
+        args = self.args
+        summary = {
+            "learning_rate": args.learning_rate,
+            "gate_learning_rate": args.gate_learning_rate,
+            "train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "num_processes": args.world_size,
+            "optimizer": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
+            "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "training_steps": self.state.global_step,
+            "epochs": round(self.state.epoch or 0, 2),
+            "seed": args.seed,
+            "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
+        }
+        return {k: v for k, v in summary.items() if v is not None}
 
     def _loss_scaled_for_ga(self, num_items_in_batch) -> bool:
         # mirrors Trainer.training_step's decision to divide the loss by the accumulation steps

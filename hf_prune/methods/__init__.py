@@ -1,8 +1,21 @@
 """Pruning methods. Each module registers its config and method class on import."""
 
 from .base import OneShotMethod, PruningMethod
+from .bingo import BingoConfig, BingoMethod
 from .magnitude import MagnitudeConfig, MagnitudeMethod
 from .random import RandomConfig, RandomMethod
+from .taylor import TaylorConfig, TaylorMethod
 
 
-__all__ = ["MagnitudeConfig", "MagnitudeMethod", "OneShotMethod", "PruningMethod", "RandomConfig", "RandomMethod"]
+__all__ = [
+    "BingoConfig",
+    "BingoMethod",
+    "MagnitudeConfig",
+    "MagnitudeMethod",
+    "OneShotMethod",
+    "PruningMethod",
+    "RandomConfig",
+    "RandomMethod",
+    "TaylorConfig",
+    "TaylorMethod",
+]

@@ -32,6 +32,9 @@ class PruningMethod:
     """
 
     config_class: ClassVar[type[PruningConfig]]
+    title: ClassVar[str | None] = None  # display name for model cards, e.g. "BMRS (Bayesian model reduction)"
+    paper: ClassVar[str | None] = None  # reference shown in model cards
+    citation: ClassVar[str | None] = None  # BibTeX
 
     def __init__(self, config: PruningConfig):
         self.config = config

@@ -51,6 +51,8 @@ def _neuron_scores(layer: nn.Module, spec: ArchitectureSpec) -> torch.Tensor:
 
 
 class MagnitudeMethod(OneShotMethod):
+    title = "magnitude pruning (baseline: smallest mean-square weight per unit)"
+
     def scores(self) -> dict[str, list[torch.Tensor | None]]:
         state = self.state
         result = {HEADS: [], NEURONS: []}

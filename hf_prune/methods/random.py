@@ -21,6 +21,8 @@ class RandomConfig(OneShotConfig):
 
 
 class RandomMethod(OneShotMethod):
+    title = "random pruning (baseline)"
+
     def scores(self) -> dict[str, list[torch.Tensor | None]]:
         generator = torch.Generator().manual_seed(self.config.seed if self.config.seed is not None else 0)
         return {

@@ -123,7 +123,7 @@ def _log_moment(mu: Tensor, sigma: Tensor, k: int, lower: float, upper: float) -
            torch.where(low0, k * lower + (c - alpha) ** 2 / 2,
            torch.where(high0, k * upper,
            torch.where(highk, k * upper - beta**2 / 2, k * mu + c * c / 2)))))  # fmt: skip
-    return quad + hk - h0, h0, hk, m0, mk
+    return (quad + hk - h0).clamp(k * lower, k * upper), h0, hk, m0, mk  # the clamp only removes rounding
 
 
 def truncated_lognormal_kl(mu: TensorLike, sigma: TensorLike, *, lower: float = -20.0, upper: float = 0.0) -> Tensor:
