@@ -96,8 +96,15 @@ class Hub:
                     elif item.get("key") == "deletedFile":
                         (folder / value["path"]).unlink(missing_ok=True)
                 hub.commits[repo_id] = digest
-                return self._reply(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{digest}", "commitOid": digest,
-                                         "success": True, "pullRequestUrl": None})
+                return self._reply(
+                    200,
+                    {
+                        "commitUrl": f"{hub.url}/{repo_id}/commit/{digest}",
+                        "commitOid": digest,
+                        "success": True,
+                        "pullRequestUrl": None,
+                    },
+                )
 
             def do_HEAD(self):
                 self.do_GET()
@@ -106,8 +113,9 @@ class Hub:
                 path = unquote(urlparse(self.path).path)
                 hub.requests.append(f"{self.command} {path}")
                 if path == "/api/whoami-v2":
-                    return self._reply(200, {"name": "tester", "type": "user", "orgs": [],
-                                             "auth": {"accessToken": {"role": "write"}}})
+                    return self._reply(
+                        200, {"name": "tester", "type": "user", "orgs": [], "auth": {"accessToken": {"role": "write"}}}
+                    )
                 match = re.fullmatch(r"/(?:api/models/)?(.+?)/resolve/([^/]+)/(.+)", path)
                 if match:
                     return self._resolve(match.group(1), match.group(3))
@@ -115,13 +123,22 @@ class Hub:
                 if match and (hub.root / match.group(1)).is_dir():
                     repo_id = match.group(1)
                     siblings = [{"rfilename": f} for f in hub.files(repo_id)]
-                    return self._reply(200, {"id": repo_id, "sha": hub.commits.get(repo_id, "0" * 40),
-                                             "siblings": siblings, "private": False})
+                    return self._reply(
+                        200,
+                        {
+                            "id": repo_id,
+                            "sha": hub.commits.get(repo_id, "0" * 40),
+                            "siblings": siblings,
+                            "private": False,
+                        },
+                    )
                 match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/[^/]+/?(.*)", path)
                 if match and (hub.root / match.group(1)).is_dir():
                     folder = hub.root / match.group(1)
-                    entries = [{"type": "file", "path": f, "size": (folder / f).stat().st_size, "oid": "0" * 40}
-                               for f in hub.files(match.group(1))]
+                    entries = [
+                        {"type": "file", "path": f, "size": (folder / f).stat().st_size, "oid": "0" * 40}
+                        for f in hub.files(match.group(1))
+                    ]
                     return self._reply(200, entries)
                 return self._reply(404, {"error": "not found"}, {"X-Error-Code": "RepoNotFound"})
 
@@ -130,9 +147,11 @@ class Hub:
                 if not file.is_file():
                     return self._reply(404, {"error": "entry not found"}, {"X-Error-Code": "EntryNotFound"})
                 data = file.read_bytes()
-                headers = {"ETag": f'"{hashlib.sha1(data).hexdigest()}"',
-                           "X-Repo-Commit": hub.commits.get(repo_id, "0" * 40),
-                           "Content-Type": "application/octet-stream"}
+                headers = {
+                    "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                    "X-Repo-Commit": hub.commits.get(repo_id, "0" * 40),
+                    "Content-Type": "application/octet-stream",
+                }
                 return self._reply(200, data, headers)
 
         return Handler

@@ -1,0 +1,53 @@
+"""Publishing to a real HTTP server on 127.0.0.1 that speaks the Hub API, and reloading from it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .hub_server import Hub
+
+
+def test_push_and_reload_round_trip(tmp_path):
+    with Hub(tmp_path / "hub") as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_fake", "HF_HOME": str(tmp_path / "home")}
+        env.pop("HF_HUB_OFFLINE", None)
+        run = subprocess.run(
+            [sys.executable, str(Path(__file__).parent / "hub_roundtrip.py")],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+        report = json.loads(run.stdout.split("REPORT ", 1)[1])
+
+        assert report["bert_remote_code"] <= 1e-5 and report["bert_auto"] <= 1e-5
+        assert report["llama_stock"] <= 1e-5 and report["llama_stock_class"] == "LlamaForCausalLM"
+        assert report["trainer_auto"] <= 1e-5 and report["trainer_tokenizer"].startswith("Bert")
+
+        per_layer = set(hub.files("tester/bert-pruned"))
+        assert {
+            "config.json",
+            "model.safetensors",
+            "modeling_hf_prune.py",
+            "pruning_config.json",
+            "README.md",
+            "kept_units.png",
+        } <= per_layer
+        assert "modeling_hf_prune.py" not in hub.files("tester/llama-pruned")
+        trained = set(hub.files("tester/trained-pruned"))
+        assert {"README.md", "tokenizer.json", "pruning_config.json", "modeling_hf_prune.py"} <= trained
+
+        card = (tmp_path / "hub" / "tester" / "trained-pruned" / "README.md").read_text()
+        metadata = yaml.safe_load(card.split("---")[1])
+        assert {"hf_prune", "pruned", "magnitude"} <= set(metadata["tags"])
+        assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "text-classification"
+        assert 'from_pretrained("tester/trained-pruned", trust_remote_code=True)' in card
+        assert "| accuracy |" not in card or "before pruning" in card
+        assert "latency (cpu" in card and "## Training hyper-parameters" in card and "eval: loss" not in card
