@@ -1,0 +1,31 @@
+"""A real 2-process DDP run (torchrun, gloo on CPU) for every method."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import hf_prune
+
+
+def test_two_process_training_makes_identical_decisions(tmp_path):
+    methods = hf_prune.available_methods()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(Path(__file__).parent / "ddp_train.py"), str(tmp_path), ",".join(methods)]
+    run = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sorted(report) == methods
+    for method, ranks in report.items():
+        assert [r["world"] for r in ranks] == [2, 2], method
+        assert ranks[0]["digest"] == ranks[1]["digest"], f"{method}: ranks ended with different pruned models"
+        torch.testing.assert_close(torch.tensor(ranks[0]["logits"]), torch.tensor(ranks[1]["logits"]))
+        pruned = tmp_path / method / "pruned"
+        assert (pruned / "pruning_config.json").exists() and (pruned / "config.json").exists()
+        assert not list(tmp_path.glob(f"{method}/*.tmp-*")), "staging folders left behind"
+        reloaded = hf_prune.AutoPrunedModel.from_pretrained(pruned)
+        assert reloaded is not None
