@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass, field
 
 from torch import nn
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 from .callbacks import PruningScheduleCallback
-from .configs import PruningConfig
+from .configs import CONFIG_NAME, PruningConfig
 from .export import PrunedExportMixin
 from .finalize import finalize_model
 from .gates import gate_parameters, gates_bypassed, get_pruning_state, is_prepared, prepare_model_for_pruning
@@ -163,12 +165,35 @@ class PruningTrainer(Trainer):
             # gated checkpoints: the config plus what would be kept if the model were finalized now
             self.pruning_config.save_pretrained(output_dir, result=gated_summary(self.pruned_model))
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        if resume_from_checkpoint:
+            self._check_checkpoint_config(resume_from_checkpoint)
         self._hf_prune_training = True
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             self._hf_prune_training = False
+
+    def _check_checkpoint_config(self, checkpoint: str | bool) -> None:
+        """Refuse to resume a run whose checkpoint was written with another pruning config."""
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                return  # the Trainer raises its own error
+        path = os.path.join(checkpoint, CONFIG_NAME)
+        if not os.path.exists(path):
+            raise ValueError(f"{checkpoint} has no {CONFIG_NAME}: it was not written by a PruningTrainer run.")
+        with open(path) as f:
+            saved = json.load(f)
+        saved.pop("result", None)
+        current = self.pruning_config.to_dict()
+        diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        if diff:
+            details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in diff)
+            raise ValueError(
+                f"Cannot resume from {checkpoint}: it was trained with a different pruning config ({details}). "
+                "Resume with the checkpoint's config, or start a new run."
+            )
 
     def finalize(self, evaluate: bool | None = None, measure_latency: bool = True) -> nn.Module:
         """Apply the method's final rule, remove the pruned units and return the smaller model (also set as

@@ -1,0 +1,48 @@
+"""Exact resume: a run interrupted at a checkpoint and resumed ends with the same pruned model."""
+
+import hashlib
+
+import pytest
+import torch
+
+import hf_prune
+from hf_prune import MagnitudeConfig, PruningArguments, PruningTrainer
+from hf_prune.registry import get_method
+
+from .test_trainer import dataset
+from .tiny_models import FAMILIES, build
+
+
+def digest(model) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode() + tensor.detach().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run(tmp_path, name, config, resume=None, max_steps=6):
+    family = FAMILIES[0]
+    args = PruningArguments(output_dir=str(tmp_path / name), max_steps=max_steps, per_device_train_batch_size=4,
+                            save_steps=3, logging_steps=1, use_cpu=True, report_to=[], seed=0, learning_rate=1e-3,
+                            gate_learning_rate=1e-2)
+    trainer = PruningTrainer(model=build(family), args=args, pruning_config=config, train_dataset=dataset(family, 64))
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+@pytest.mark.parametrize("method", hf_prune.available_methods())
+def test_resume_continues_exactly(method, tmp_path):
+    config = get_method(method).config_class(target_sparsity=0.4, seed=3)
+    full = run(tmp_path, "full", config)
+    resumed = run(tmp_path, "resumed", config, resume=str(tmp_path / "full" / "checkpoint-3"))
+    state_full = {k: v for k, v in full.model.state_dict().items()}
+    state_resumed = resumed.model.state_dict()
+    for key, value in state_full.items():  # gate buffers and statistics included
+        torch.testing.assert_close(state_resumed[key], value, rtol=0, atol=0, msg=key)
+    assert digest(full.finalize(measure_latency=False)) == digest(resumed.finalize(measure_latency=False))
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    run(tmp_path, "full", MagnitudeConfig(target_sparsity=0.4), max_steps=3)
+    with pytest.raises(ValueError, match=r"different pruning config \(target_sparsity: checkpoint 0.4 vs now 0.6"):
+        run(tmp_path, "other", MagnitudeConfig(target_sparsity=0.6), resume=str(tmp_path / "full" / "checkpoint-3"))
