@@ -8,7 +8,7 @@ from .callbacks import PruningScheduleCallback
 from .configs import OneShotConfig, PruningConfig
 from .finalize import finalize_model
 from .gates import UnitGate, prepare_model_for_pruning
-from .methods import BingoConfig, MagnitudeConfig, PruningMethod, RandomConfig, TaylorConfig
+from .methods import BingoConfig, BmrsConfig, MagnitudeConfig, PruningMethod, RandomConfig, TaylorConfig
 from .model_card import set_card_info
 from .registry import available_methods, register_method
 from .surgery import prune_structures
@@ -19,6 +19,7 @@ __all__ = [
     "ArchitectureSpec",
     "AutoPrunedModel",
     "BingoConfig",
+    "BmrsConfig",
     "MagnitudeConfig",
     "OneShotConfig",
     "PruningArguments",

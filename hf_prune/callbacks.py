@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .gates import get_pruning_state, is_prepared
@@ -22,6 +24,13 @@ class PruningScheduleCallback(TrainerCallback):
 
     def __init__(self, finalize_on_train_end: bool = False):
         self.finalize_on_train_end = finalize_on_train_end
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
+        model = _unwrap(model)
+        if model is not None and is_prepared(model):
+            epochs = max(1, math.ceil(state.num_train_epochs or 1))
+            steps_per_epoch = max(1, math.ceil(state.max_steps / epochs))
+            get_pruning_state(model).method.on_train_begin(state.max_steps, steps_per_epoch)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
         model = _unwrap(model)

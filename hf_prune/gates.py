@@ -32,8 +32,12 @@ class UnitGate(nn.Module):
     """A gate over `num_units` structures with a persistent keep-mask.
 
     Subclasses override `sample` (training-time multipliers) and `expected` (deterministic multipliers used in eval
-    and baked into the weights at the end). The base gate multiplies by 1: it only masks.
+    and baked into the weights at the end). The base gate multiplies by 1: it only masks. A gate that sets
+    `elementwise = True` receives the input's leading shape (e.g. `(batch, tokens)`) instead of the batch size and may
+    return one value per position, shape `[*leading, num_units]`.
     """
+
+    elementwise = False
 
     def __init__(self, num_units: int):
         super().__init__()
@@ -62,6 +66,8 @@ def _apply_gate(x: torch.Tensor, gate: torch.Tensor, num_units: int) -> torch.Te
     x = x.reshape(*shape[:-1], num_units, shape[-1] // num_units)
     if gate.dim() == 1:
         gate = gate[:, None]
+    elif gate.dim() == x.dim() - 1:  # one value per position
+        gate = gate.unsqueeze(-1)
     else:  # one value per example: broadcast over every axis between batch and units
         gate = gate.reshape(gate.shape[0], *([1] * (x.dim() - 3)), num_units, 1)
     return (x * gate.to(x.dtype)).reshape(shape)
@@ -70,7 +76,10 @@ def _apply_gate(x: torch.Tensor, gate: torch.Tensor, num_units: int) -> torch.Te
 def _gate_hook(module: nn.Module, args: tuple) -> tuple:
     gate = getattr(module, GATE_NAME)
     x = args[0]
-    return (_apply_gate(x, gate(x.shape[0]), gate.num_units), *args[1:])
+    # gate math stays in float32 under bf16/fp16 autocast; only the product is taken in the activation dtype
+    with torch.autocast(x.device.type, enabled=False):
+        values = gate(x.shape[:-1] if gate.elementwise else x.shape[0])
+    return (_apply_gate(x, values, gate.num_units), *args[1:])
 
 
 @dataclass

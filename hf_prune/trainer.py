@@ -32,6 +32,8 @@ class PruningArguments(TrainingArguments):
     Args:
         gate_learning_rate (`float`, *optional*): learning rate of the gate parameters (their own optimizer group,
             without weight decay). Defaults to the method's recommended value, or `learning_rate` when it has none.
+        gate_lr_scheduler_type (`str`, defaults to `"constant"`): `"constant"` keeps the gate learning rate fixed;
+            `"same"` applies `lr_scheduler_type` to the gates too.
         pruning_loss_weight (`float`, defaults to `1.0`): multiplier of the method's loss term (e.g. BMRS's KL).
         finalize_on_train_end (`bool`, defaults to `False`): finalize the model (remove pruned units) when `train()`
             ends; otherwise call `trainer.finalize()`.
@@ -41,6 +43,11 @@ class PruningArguments(TrainingArguments):
         default=None, metadata={"help": "Learning rate of the pruning gates (default: the method's recommendation)."}
     )
     pruning_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the method's loss term."})
+    gate_lr_scheduler_type: str = field(
+        default="constant",
+        metadata={"help": "'constant': gates keep their learning rate all run (a decayed gate lr would stop pruning "
+                  "decisions from moving late in training); 'same': they follow lr_scheduler_type."},
+    )
     finalize_on_train_end: bool = field(
         default=False, metadata={"help": "Remove the pruned units when training ends."}
     )
@@ -49,8 +56,16 @@ class PruningArguments(TrainingArguments):
         super().__post_init__()
         if self.gate_learning_rate is not None and self.gate_learning_rate <= 0:
             raise ValueError(f"Invalid gate_learning_rate={self.gate_learning_rate}: use a positive value or None.")
+        if self.gate_lr_scheduler_type not in ("constant", "same"):
+            raise ValueError(
+                f"Invalid gate_lr_scheduler_type={self.gate_lr_scheduler_type!r}: use 'constant' or 'same'."
+            )
         if self.pruning_loss_weight < 0:
             raise ValueError(f"Invalid pruning_loss_weight={self.pruning_loss_weight}: use a value >= 0.")
+
+
+def _constant(step: int) -> float:
+    return 1.0
 
 
 class PruningTrainer(Trainer):
@@ -127,6 +142,15 @@ class PruningTrainer(Trainer):
             {"params": gate_parameters(self.pruned_model), "lr": lr, "weight_decay": 0.0, "hf_prune_gates": True}
         )
         return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        if self.args.gate_lr_scheduler_type == "constant" and lambdas is not None:
+            for i, group in enumerate(scheduler.optimizer.param_groups):
+                if group.get("hf_prune_gates"):
+                    lambdas[i] = _constant
+        return scheduler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)

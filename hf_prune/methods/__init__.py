@@ -2,6 +2,7 @@
 
 from .base import OneShotMethod, PruningMethod
 from .bingo import BingoConfig, BingoMethod
+from .bmrs import BmrsConfig, BmrsMethod
 from .magnitude import MagnitudeConfig, MagnitudeMethod
 from .random import RandomConfig, RandomMethod
 from .taylor import TaylorConfig, TaylorMethod
@@ -10,6 +11,8 @@ from .taylor import TaylorConfig, TaylorMethod
 __all__ = [
     "BingoConfig",
     "BingoMethod",
+    "BmrsConfig",
+    "BmrsMethod",
     "MagnitudeConfig",
     "MagnitudeMethod",
     "OneShotMethod",

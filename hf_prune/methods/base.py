@@ -22,6 +22,7 @@ class PruningMethod:
     Nothing outside a method's own module names the method. The trainer and callbacks call these hooks:
 
     * `create_gate` when the model is prepared (one gate per layer and unit kind);
+    * `on_train_begin` with the run's step counts;
     * `loss` once per optimizer step, added to the task loss (e.g. a KL term);
     * `after_backward` after every training micro-batch (e.g. extra probe passes, gradient statistics);
     * `on_optimizer_step` after every optimizer step, with the step counts from `TrainerState` (periodic decisions);

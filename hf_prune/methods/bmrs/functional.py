@@ -98,10 +98,10 @@ def _log_mass(lo: Tensor, hi: Tensor, width: Tensor) -> tuple[Tensor, Tensor]:
     """``(h, m)`` with ``log(Phi(hi) - Phi(lo)) = h - m**2 / 2`` and ``m = dist(0, [lo, hi])``; ``width = hi - lo``."""
     s, t = _mirror(lo, hi)
     tail, sc, sm = s > 0, s.clamp(min=0.0), s.clamp(max=0.0)
-    ls = _log_half_erfcx(sc)
-    h_tail = ls + _log1mexp(_log_half_erfcx(t) - ls - torch.where(tail, width, t - sc) * (t + sc) / 2)
-    lps = _log_ndtr(-sm)
-    return torch.where(tail, h_tail, lps + _log1mexp(_log_ndtr(-t) - lps)), sc
+    ls, lt = _log_half_erfcx(sc), _log_half_erfcx(t)
+    h_tail = ls + _log1mexp(lt - ls - torch.where(tail, width, t - sc) * (t + sc) / 2)
+    lps = torch.special.log_ndtr(-sm)  # log Phi(-s) for s <= 0; log Phi(-t) = lt - t**2 / 2
+    return torch.where(tail, h_tail, lps + _log1mexp(lt - t * t / 2 - lps)), sc
 
 
 def log_normalizer(mu: TensorLike, sigma: TensorLike, lower: TensorLike = -20.0, upper: TensorLike = 0.0) -> Tensor:
@@ -143,11 +143,13 @@ def truncated_lognormal_kl(mu: TensorLike, sigma: TensorLike, *, lower: float = 
     tail, sc, sm = s > 0, s.clamp(min=0.0), s.clamp(max=0.0)
     # One-sided: the mass sits against the nearer bound. -log Z - s phi(s) / (2 Z) is rewritten with d = lam(s) - s.
     lam_s, d_s = _inv_mills(sc)
-    log_r = _log_half_erfcx(t) - _log_half_erfcx(sc) - torch.where(tail, w, t - sc) * (t + sc) / 2  # Phi(-t)/Phi(-s)
+    lt = _log_half_erfcx(t)
+    log_r = lt - _log_half_erfcx(sc) - torch.where(tail, w, t - sc) * (t + sc) / 2  # log Phi(-t) / Phi(-s)
     kl_tail = (torch.log(w) - 0.5 + torch.log(lam_s) - sc * d_s / 2 - _log1mexp(log_r)
                + (t * _inv_mills(t)[0] - sc * lam_s) * torch.exp(log_r) / (-2 * torch.expm1(log_r)))  # fmt: skip
     # Two-sided: the textbook entropy is stable.
-    log_z = _log_ndtr(-sm) + _log1mexp(_log_ndtr(-t) - _log_ndtr(-sm))
+    lps = torch.special.log_ndtr(-sm)
+    log_z = lps + _log1mexp(lt - t * t / 2 - lps)
     pdf_term = (sm * torch.exp(-sm * sm / 2) - t * torch.exp(-t * t / 2)) * torch.exp(-log_z - _LOG_2PI / 2)
     return torch.where(tail, kl_tail, torch.log(w) - (_LOG_2PI + 1) / 2 - log_z - pdf_term / 2)
 

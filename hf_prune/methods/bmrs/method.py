@@ -1,0 +1,142 @@
+"""BMRS as a `PruningMethod`: KL loss, periodic ΔF decisions with monotone masks, and the final rule."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ...gates import HEADS, NEURONS
+from ..base import PruningMethod
+from .config import BmrsConfig
+from .functional import delta_f_normal, delta_f_uniform, truncated_lognormal_mean, truncated_lognormal_snr
+from .gate import BmrsGate
+
+
+logger = logging.getLogger(__name__)
+
+CITATION = """@inproceedings{wright2024bmrs,
+  title = {{BMRS}: Bayesian Model Reduction for Structured Pruning},
+  author = {Wright, Dustin and Igel, Christian and Selvan, Raghavendra},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year = {2024},
+  eprint = {2406.01345},
+  archivePrefix = {arXiv}
+}"""
+
+
+class BmrsMethod(PruningMethod):
+    """Bayesian model reduction on truncated log-normal gates.
+
+    Decisions run every `pruning_interval` optimizer steps (default: once per epoch) after `warmup_steps`, with a
+    final pass `finetune_steps` before the end; masks only ever lose units. The KL term is added once per optimizer
+    step and covers unmasked gates only.
+
+    The gates need their own, larger learning rate. Adam moves a parameter by about its learning rate per step
+    whatever the gradient, and log σ must travel from -5 to about +2 (and μ away from 0) before ΔF can become
+    positive, i.e. ~10-20 learning-rate units. At fine-tuning rates (2e-5 to 5e-5) nothing would ever be pruned, so
+    the default gate learning rate is `clip(20 / max_steps, 0.01, 0.1)`: large enough that gates which the data do
+    not need can relax to the prior within the run, small enough to stay stable in long runs.
+    """
+
+    title = "BMRS (Bayesian model reduction for structured pruning)"
+    paper = "Wright, Igel & Selvan, NeurIPS 2024, arXiv:2406.01345"
+    citation = CITATION
+    config: BmrsConfig
+
+    def __init__(self, config: BmrsConfig):
+        super().__init__(config)
+        self.interval: int | None = config.pruning_interval
+        self.final_step: int | None = None
+
+    def create_gate(self, kind: str, layer: int, num_units: int) -> BmrsGate:
+        gate = BmrsGate(num_units, self.config)
+        gate.register_buffer("frozen", torch.zeros((), dtype=torch.bool))  # set by the final pass (checkpointed)
+        return gate
+
+    def gate_learning_rate(self, max_steps: int) -> float:
+        return min(0.1, max(0.01, 20.0 / max(max_steps, 1)))
+
+    def on_train_begin(self, max_steps: int, steps_per_epoch: int) -> None:
+        self.interval = self.config.pruning_interval or steps_per_epoch
+        self.final_step = max(1, max_steps - self.config.finetune_steps)
+
+    def _gates(self) -> list[BmrsGate]:
+        return [g for kind in (HEADS, NEURONS) for g in self.state.gates(kind) if g is not None]
+
+    # -- loss -------------------------------------------------------------------------------------------------------
+    def loss(self, num_training_examples: int | None) -> torch.Tensor:
+        gates = self._gates()
+        if self.config.kl_weighting == "elbo":
+            if not num_training_examples:
+                raise ValueError(
+                    "kl_weighting='elbo' needs the number of training examples (a sized train_dataset); "
+                    "use kl_weighting='mean' for iterable datasets."
+                )
+            return sum(g.kl()[g.mask].sum() for g in gates) / num_training_examples
+        per_layer = [g.kl()[g.mask].mean() for g in gates if bool(g.mask.any())]
+        return torch.stack(per_layer).mean() if per_layer else gates[0].mu.sum() * 0
+
+    # -- decisions --------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def delta_f(self, gate: BmrsGate) -> torch.Tensor:
+        """ΔF of every unit of `gate` under the configured reduced prior (float64); prune where ΔF ≥ 0."""
+        c = self.config
+        mu, sigma = gate.mu.detach().double(), gate.sigma().double()
+        if not (torch.isfinite(mu).all() and torch.isfinite(sigma).all()):
+            raise ValueError("BMRS gate parameters hold NaN/inf values; lower the gate learning rate.")
+        if c.variant == "uniform":
+            return delta_f_uniform(mu, sigma, p1=c.p1, p2=c.p2, lower=c.lower, upper=c.upper)
+        return delta_f_normal(
+            mu, sigma, prior_sigma=c.prior_sigma, lower=c.lower, upper=c.upper, code_parity=c.code_parity
+        )
+
+    @torch.no_grad()
+    def decide(self, final: bool = False) -> None:
+        """Remove every unit with ΔF ≥ 0 (masks are monotone)."""
+        for gate in self._gates():
+            if bool(gate.frozen):
+                continue
+            gate.mask &= ~(self.delta_f(gate) >= 0).to(gate.mask.device)
+            if final:
+                gate.frozen.fill_(True)
+
+    def on_optimizer_step(self, global_step: int, max_steps: int) -> None:
+        if self.final_step is None:
+            self.on_train_begin(max_steps, max_steps)
+        if global_step <= self.config.warmup_steps or global_step > self.final_step:
+            return
+        if global_step == self.final_step:
+            self.decide(final=True)
+        elif (global_step - self.config.warmup_steps) % self.interval == 0:
+            self.decide()
+
+    def keep_masks(self) -> dict[str, list[torch.Tensor | None]]:
+        if not all(bool(g.frozen) for g in self._gates()):
+            self.decide(final=True)  # training stopped before the scheduled final pass
+        return super().keep_masks()
+
+    # -- logging ----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def metrics(self) -> dict[str, float]:
+        c = self.config
+        counts = {"bmrs_n": 0, f"bmrs_u{c.p1}": 0, "snr_lt_1": 0, "mean_lt_0.1": 0}
+        metrics, log_sigmas = {}, []
+        for kind in (HEADS, NEURONS):
+            for layer, gate in enumerate(self.state.gates(kind)):
+                if gate is None:
+                    continue
+                metrics[f"bmrs/layer_{layer}_{kind}_kept"] = int(gate.mask.sum())
+                mu, sigma = gate.mu.detach().double()[gate.mask], gate.sigma().double()[gate.mask]
+                bounds = {"lower": c.lower, "upper": c.upper}
+                counts["bmrs_n"] += int((delta_f_normal(mu, sigma, prior_sigma=c.prior_sigma, **bounds) >= 0).sum())
+                counts[f"bmrs_u{c.p1}"] += int((delta_f_uniform(mu, sigma, p1=c.p1, p2=c.p2, **bounds) >= 0).sum())
+                counts["snr_lt_1"] += int((truncated_lognormal_snr(mu, sigma, **bounds) < 1).sum())
+                counts["mean_lt_0.1"] += int((truncated_lognormal_mean(mu, sigma, **bounds) < 0.1).sum())
+                log_sigmas.append(gate.log_sigma.detach()[gate.mask].float())
+        metrics.update({f"bmrs/would_prune/{rule}": n for rule, n in counts.items()})
+        if log_sigmas:
+            metrics["bmrs/mean_log_sigma"] = (
+                float(torch.cat(log_sigmas).mean()) if torch.cat(log_sigmas).numel() else 0.0
+            )
+        return metrics
