@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -14,6 +15,7 @@ from .gate import BmrsGate
 
 
 logger = logging.getLogger(__name__)
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 CITATION = """@inproceedings{wright2024bmrs,
   title = {{BMRS}: Bayesian Model Reduction for Structured Pruning},
@@ -120,7 +122,7 @@ class BmrsMethod(PruningMethod):
     @torch.no_grad()
     def metrics(self) -> dict[str, float]:
         c = self.config
-        counts = {"bmrs_n": 0, f"bmrs_u{c.p1}": 0, "snr_lt_1": 0, "mean_lt_0.1": 0}
+        counts = {"bmrs_n": 0, "bmrs_n_exact": 0, "bmrs_u8": 0, "bmrs_u4": 0, "snr_lt_1": 0, "mean_lt_0.1": 0}
         metrics, log_sigmas = {}, []
         for kind in (HEADS, NEURONS):
             for layer, gate in enumerate(self.state.gates(kind)):
@@ -129,8 +131,11 @@ class BmrsMethod(PruningMethod):
                 metrics[f"bmrs/layer_{layer}_{kind}_kept"] = int(gate.mask.sum())
                 mu, sigma = gate.mu.detach().double()[gate.mask], gate.sigma().double()[gate.mask]
                 bounds = {"lower": c.lower, "upper": c.upper}
-                counts["bmrs_n"] += int((delta_f_normal(mu, sigma, prior_sigma=c.prior_sigma, **bounds) >= 0).sum())
-                counts[f"bmrs_u{c.p1}"] += int((delta_f_uniform(mu, sigma, p1=c.p1, p2=c.p2, **bounds) >= 0).sum())
+                exact = delta_f_normal(mu, sigma, prior_sigma=c.prior_sigma, **bounds)
+                counts["bmrs_n_exact"] += int((exact >= 0).sum())
+                counts["bmrs_n"] += int((exact + (_HALF_LOG_2PI if c.code_parity else 0.0) >= 0).sum())
+                for p1 in (8, 4):
+                    counts[f"bmrs_u{p1}"] += int((delta_f_uniform(mu, sigma, p1=p1, p2=c.p2, **bounds) >= 0).sum())
                 counts["snr_lt_1"] += int((truncated_lognormal_snr(mu, sigma, **bounds) < 1).sum())
                 counts["mean_lt_0.1"] += int((truncated_lognormal_mean(mu, sigma, **bounds) < 0.1).sum())
                 log_sigmas.append(gate.log_sigma.detach()[gate.mask].float())

@@ -1,0 +1,178 @@
+"""BMRS method: pruning on a synthetic task, the KL under gradient accumulation, finalize, mixed precision."""
+
+import datasets
+import pytest
+import torch
+from transformers import TrainerCallback
+
+import hf_prune
+from hf_prune import BmrsConfig, PruningArguments, PruningTrainer
+from hf_prune.gates import get_pruning_state
+
+from .tiny_models import FAMILIES, build, inputs, logits
+
+
+def token_search_task(n: int, seed: int) -> datasets.Dataset:
+    """Label: does token 7 occur anywhere after position 0? Needs attention, easy for a tiny model."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, 99, (n, 8), generator=g)
+    ids[:, 0] = 2
+    present = torch.rand(n, generator=g) < 0.5
+    position = torch.randint(1, 8, (n,), generator=g)
+    ids[present, position[present]] = 7
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": present.long().tolist()})
+
+
+def train(tmp_path, config, **overrides):
+    args = dict(
+        output_dir=str(tmp_path),
+        num_train_epochs=8,
+        per_device_train_batch_size=32,
+        learning_rate=3e-3,
+        gate_learning_rate=0.1,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = PruningTrainer(
+        model=build(FAMILIES[0]),
+        args=PruningArguments(**{**args, **overrides}),
+        pruning_config=config,
+        train_dataset=token_search_task(512, 0),
+        eval_dataset=token_search_task(256, 1),
+    )
+    trainer.train()
+    return trainer
+
+
+def accuracy(trainer) -> float:
+    prediction = trainer.predict(trainer.eval_dataset)
+    return float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())
+
+
+def test_bmrs_prunes_a_large_share_and_keeps_accuracy(tmp_path):
+    shares = {}
+    for name, config in {"bmrs_n": BmrsConfig(), "bmrs_u4": BmrsConfig(variant="uniform", p1=4)}.items():
+        trainer = train(tmp_path / name, config)
+        gated_accuracy = accuracy(trainer)
+        trainer.finalize(measure_latency=False, evaluate=False)
+        pruned_accuracy = accuracy(trainer)
+        result = hf_prune.export.pruning_result(trainer.model)
+        shares[name] = result["sparsity"]
+        assert gated_accuracy >= 0.95 and pruned_accuracy >= gated_accuracy - 0.02, (
+            name,
+            gated_accuracy,
+            pruned_accuracy,
+        )
+    assert shares["bmrs_n"] >= 0.4, shares
+    assert shares["bmrs_u4"] >= shares["bmrs_n"], shares
+
+
+class GateGradients(TrainerCallback):
+    def __init__(self):
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.grads is None:
+            self.grads = torch.cat([p.grad.detach().clone().flatten() for p in hf_prune.gates.gate_parameters(model)])
+
+
+def kl_gradient(tmp_path, batch, accumulation, weight):
+    family = FAMILIES[0]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 99, (8, 8), generator=g)
+    data = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] > 50).long().tolist()})
+    model = build(family)
+    hf_prune.prepare_model_for_pruning(model, BmrsConfig())
+    for gate in get_pruning_state(model).gates("heads"):  # a non-trivial posterior, so the KL gradient is not tiny
+        gate.log_sigma.data.fill_(-1.0)
+    callback = GateGradients()
+    args = PruningArguments(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        pruning_loss_weight=weight,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+        dataloader_drop_last=True,
+        max_grad_norm=0.0,  # no clipping: it would rescale the task and KL parts differently
+    )
+    trainer = PruningTrainer(model=model, args=args, train_dataset=data, callbacks=[callback])
+    torch.manual_seed(0)
+    trainer.train()
+    return callback.grads
+
+
+def test_kl_counts_once_per_optimizer_step_under_accumulation(tmp_path):
+    """The KL's share of the gate gradient is the same with accumulation 1 x 8 and 2 x 4."""
+    contributions = []
+    for batch, accumulation in ((8, 1), (4, 2)):
+        with_kl = kl_gradient(tmp_path / f"{batch}a", batch, accumulation, weight=1.0)
+        without = kl_gradient(tmp_path / f"{batch}b", batch, accumulation, weight=0.0)
+        contributions.append(with_kl - without)
+    assert contributions[0].abs().max() > 1e-6
+    torch.testing.assert_close(contributions[0], contributions[1], rtol=1e-4, atol=1e-7)
+
+
+def test_finalized_model_equals_gated_model_in_eval(tmp_path):
+    family = FAMILIES[0]
+    model = build(family)
+    hf_prune.prepare_model_for_pruning(model, BmrsConfig())
+    state = get_pruning_state(model)
+    torch.manual_seed(0)
+    for gate in state.gates("heads") + state.gates("neurons"):  # a trained-looking posterior, some units diffuse
+        gate.mu.data.uniform_(-3, 0.5)
+        gate.log_sigma.data.uniform_(-3, 3.5)
+    batch = inputs(family)
+    model.eval()
+    state.method.decide(final=True)
+    assert not all(bool(g.mask.all()) for g in state.gates("neurons")), "nothing was pruned"
+    gated = logits(model, batch)
+    hf_prune.finalize_model(model)
+    torch.testing.assert_close(logits(model, batch), gated, atol=1e-5, rtol=0)
+
+
+def test_masked_units_stay_zero_even_with_nan_state():
+    from hf_prune.methods.bmrs import BmrsGate
+
+    gate = BmrsGate(4, BmrsConfig())
+    gate.mask[1] = False
+    gate.mu.data[1] = float("nan")
+    gate.eval()
+    values = gate(2)
+    assert values[1] == 0 and torch.isfinite(values).all()
+    gate.train()
+    assert torch.isfinite(gate(3)).all() and (gate(3)[:, 1] == 0).all()
+
+
+def test_gate_math_in_float32_under_bf16_autocast():
+    family = FAMILIES[5]  # llama
+    model = build(family)
+    hf_prune.prepare_model_for_pruning(model, BmrsConfig())
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**inputs(family), labels=inputs(family)["input_ids"])
+    out.loss.backward()
+    gate = get_pruning_state(model).gates("heads")[0]
+    assert gate.mu.dtype == torch.float32 and gate.mu.grad is not None and torch.isfinite(gate.mu.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"variant": "spike"}, "variant"),
+        ({"kl_weighting": "sum"}, "kl_weighting"),
+        ({"p1": 30}, "p1"),
+        ({"noise": "batch"}, "noise"),
+        ({"pruning_interval": 0}, "pruning_interval"),
+        ({"upper": 1.0}, "upper"),
+    ],
+)
+def test_invalid_bmrs_config(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        BmrsConfig(**kwargs)
