@@ -64,6 +64,14 @@ class PruningArguments(TrainingArguments):
             raise ValueError(f"Invalid pruning_loss_weight={self.pruning_loss_weight}: use a value >= 0.")
 
 
+_TOKEN_LEVEL_HEADS = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForTokenClassification", "ForConditionalGeneration")
+
+
+def _normalises_by_num_items(model: nn.Module) -> bool:
+    """Whether the model's loss is a sum over label tokens divided by `num_items_in_batch` (token-level heads)."""
+    return type(model).__name__.endswith(_TOKEN_LEVEL_HEADS)
+
+
 def _constant(step: int) -> float:
     return 1.0
 
@@ -115,6 +123,12 @@ class PruningTrainer(Trainer):
         if not any(isinstance(c, PruningScheduleCallback) for c in callbacks):
             callbacks.append(PruningScheduleCallback(finalize_on_train_end=args.finalize_on_train_end))
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
+        if self.model_accepts_loss_kwargs and not _normalises_by_num_items(model) and self.compute_loss_func is None:
+            # The Trainer assumes a model taking **kwargs divides its loss by `num_items_in_batch`, and then skips
+            # the division by the accumulation steps and multiplies by the process count. Sequence and image
+            # classification heads take **kwargs but return a plain mean, so that would scale their gradients by
+            # the accumulation steps and the number of processes.
+            self.model_accepts_loss_kwargs = False
         self.pruning_config = get_pruning_state(model).config
         self._pruning_loss_sum = 0.0
         self._pruning_loss_count = 0

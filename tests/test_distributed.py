@@ -14,8 +14,17 @@ import hf_prune
 def test_two_process_training_makes_identical_decisions(tmp_path):
     methods = hf_prune.available_methods()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(Path(__file__).parent / "ddp_train.py"), str(tmp_path), ",".join(methods)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(Path(__file__).parent / "ddp_train.py"),
+        str(tmp_path),
+        ",".join(methods),
+    ]
     run = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
     report = json.loads((tmp_path / "report.json").read_text())
@@ -29,3 +38,29 @@ def test_two_process_training_makes_identical_decisions(tmp_path):
         assert not list(tmp_path.glob(f"{method}/*.tmp-*")), "staging folders left behind"
         reloaded = hf_prune.AutoPrunedModel.from_pretrained(pruned)
         assert reloaded is not None
+
+
+def test_loss_scaling_does_not_depend_on_the_process_count(tmp_path):
+    """Task loss and the BMRS KL term: the same averaged gradients on 1 and on 2 processes, with and without
+    `average_tokens_across_devices`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for world in (1, 2):
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(world),
+            str(Path(__file__).parent / "ddp_train.py"),
+            str(tmp_path),
+            "gradients",
+        ]
+        run = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    for average in (0, 1):
+        single = torch.load(tmp_path / f"grads_world1_avg{average}.pt")
+        double = torch.load(tmp_path / f"grads_world2_avg{average}.pt")
+        assert single.keys() == double.keys() and any("hf_prune_gate" in k for k in single)
+        for name, grad in single.items():
+            torch.testing.assert_close(double[name], grad, rtol=1e-4, atol=1e-6, msg=name)

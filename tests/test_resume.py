@@ -7,10 +7,9 @@ import torch
 
 import hf_prune
 from hf_prune import MagnitudeConfig, PruningArguments, PruningTrainer
-from hf_prune.registry import get_method
 
 from .test_trainer import dataset
-from .tiny_models import FAMILIES, build
+from .tiny_models import FAMILIES, build, method_config
 
 
 def digest(model) -> str:
@@ -32,10 +31,10 @@ def run(tmp_path, name, config, resume=None, max_steps=6):
 
 @pytest.mark.parametrize("method", hf_prune.available_methods())
 def test_resume_continues_exactly(method, tmp_path):
-    config = get_method(method).config_class(target_sparsity=0.4, seed=3)
+    config = method_config(method, 0.4, seed=3)
     full = run(tmp_path, "full", config)
     resumed = run(tmp_path, "resumed", config, resume=str(tmp_path / "full" / "checkpoint-3"))
-    state_full = {k: v for k, v in full.model.state_dict().items()}
+    state_full = full.model.state_dict()
     state_resumed = resumed.model.state_dict()
     for key, value in state_full.items():  # gate buffers and statistics included
         torch.testing.assert_close(state_resumed[key], value, rtol=0, atol=0, msg=key)

@@ -9,7 +9,7 @@ import torch
 import hf_prune
 from hf_prune import MagnitudeConfig, PruningArguments, PruningTrainer, RandomConfig
 
-from .tiny_models import FAMILIES, FAMILY_IDS, build, inputs, logits
+from .tiny_models import FAMILIES, FAMILY_IDS, build, inputs, logits, method_config
 
 
 def dataset(family, n=32, seed=0):
@@ -116,3 +116,46 @@ def test_gate_parameter_group_and_plain_training_arguments(tmp_path):
 def test_trainer_requires_a_config_or_a_prepared_model(tmp_path):
     with pytest.raises(ValueError, match="pruning_config"):
         PruningTrainer(model=build(FAMILIES[0]), args=arguments(tmp_path))
+
+
+@pytest.mark.parametrize("method", hf_prune.available_methods())
+def test_bf16_autocast_on_cpu_for_every_method(method, tmp_path):
+    family = FAMILIES[0]
+    config = method_config(method, 0.3)
+    trainer = PruningTrainer(
+        model=build(family),
+        args=arguments(tmp_path, max_steps=3, bf16=True, save_strategy="no"),
+        pruning_config=config,
+        train_dataset=dataset(family),
+    )
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+    gates = hf_prune.gates.gate_parameters(trainer.model)
+    assert all(p.dtype == torch.float32 for p in gates)
+    pruned = trainer.finalize(measure_latency=False).eval()
+    assert torch.isfinite(logits(pruned, inputs(family))).all()
+
+
+def test_finalize_during_training_is_refused(tmp_path):
+    from transformers import TrainerCallback
+
+    family = FAMILIES[0]
+    errors = []
+
+    class FinalizeTooEarly(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            try:
+                trainer.finalize()
+            except ValueError as error:
+                errors.append(str(error))
+
+    trainer = PruningTrainer(
+        model=build(family),
+        args=arguments(tmp_path, max_steps=1, save_strategy="no"),
+        pruning_config=MagnitudeConfig(),
+        train_dataset=dataset(family),
+        callbacks=[FinalizeTooEarly()],
+    )
+    trainer.train()
+    assert errors and "while training is running" in errors[0]
+    assert hf_prune.gates.is_prepared(trainer.model)  # nothing was changed

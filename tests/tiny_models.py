@@ -170,3 +170,15 @@ def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     with torch.no_grad():
         out = model(**batch)
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def method_config(method: str, target_sparsity: float = 0.4, **kwargs):
+    """A config of any registered method; one-shot methods get `target_sparsity`."""
+    import dataclasses
+
+    from hf_prune.registry import get_method
+
+    config_class = get_method(method).config_class
+    if "target_sparsity" in {f.name for f in dataclasses.fields(config_class)}:
+        kwargs["target_sparsity"] = target_sparsity
+    return config_class(**kwargs)

@@ -54,7 +54,14 @@ class PruningMethod:
         """Extra loss term for one optimizer step, or `None`."""
         return None
 
-    def after_backward(self, model: nn.Module, inputs: dict[str, Any], compute_loss) -> None:
+    def on_train_begin(self, max_steps: int, steps_per_epoch: int) -> None:
+        """Called when training starts, with the step counts of this run (from `TrainerState`)."""
+
+    def gate_learning_rate(self, max_steps: int) -> float | None:
+        """The method's recommended learning rate for its gate parameters in a run of `max_steps`, if any."""
+        return None
+
+    def after_backward(self, trainer, model: nn.Module, inputs: dict[str, Any]) -> None:
         """Per micro-batch hook, run after the backward pass (gradients of the gates are available)."""
 
     def on_optimizer_step(self, global_step: int, max_steps: int) -> None:
