@@ -101,7 +101,8 @@ class PruningState:
     method: PruningMethod
     head_dim: int
     layers: list[GatedLayer] = field(default_factory=list)
-    hooks: list = field(default_factory=list)
+    hooks: list = field(default_factory=list)  # every handle hf_prune or a method registered; removed at finalize
+    gate_hooks: list = field(default_factory=list)  # the gate pre-hooks alone
 
     def gates(self, kind: str) -> list[UnitGate | None]:
         return [layer.head_gate if kind == HEADS else layer.neuron_gate for layer in self.layers]
@@ -160,7 +161,9 @@ def _install(state: PruningState, projection: nn.Module, gate: UnitGate) -> Unit
     weight = projection.weight
     gate.to(device=weight.device)
     projection.add_module(GATE_NAME, gate)
-    state.hooks.append(projection.register_forward_pre_hook(_gate_hook))
+    handle = projection.register_forward_pre_hook(_gate_hook)
+    state.hooks.append(handle)
+    state.gate_hooks.append(handle)
     return gate
 
 
@@ -180,14 +183,19 @@ def remove_gates(model: nn.Module) -> PruningState:
 def gates_bypassed(model: nn.Module):
     """Temporarily run `model` without its gate hooks (the dense model), e.g. to time it before pruning."""
     state = get_pruning_state(model)
-    for handle in state.hooks:
+    for handle in state.gate_hooks:
         handle.remove()
     try:
         yield model
     finally:
-        state.hooks = [
-            module.register_forward_pre_hook(_gate_hook) for module in model.modules() if GATE_NAME in module._modules
+        # prepend: the gate must act before any method hook on the same projection, as it did before
+        fresh = [
+            module.register_forward_pre_hook(_gate_hook, prepend=True)
+            for module in model.modules()
+            if GATE_NAME in module._modules
         ]
+        state.hooks = [h for h in state.hooks if h not in state.gate_hooks] + fresh
+        state.gate_hooks = fresh
 
 
 def gate_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -2,15 +2,17 @@
 removes the units whose gate gradient is smallest, one-shot at the end of training.
 
 The gradient of the loss with respect to a unit's gate (a multiplier fixed at 1) is the first-order prediction of
-what removing the unit does to the loss. It comes almost for free from the ordinary training backward pass: the
-gate multiplies its input by a tensor of ones that requires grad, and a tensor hook records that tensor's gradient.
-The ones are not parameters, so the optimizer, DDP and the training trajectory never see them.
+what removing the unit does to the loss. It comes almost for free from the ordinary training backward pass: with
+the gate at 1, `dL/dgate_u` is the sum of `input * dL/dinput` over the unit's slice of the gated projection input, and
+a tensor hook on that input computes it. Nothing is added to the forward pass, the optimizer or DDP, and no extra
+activation is kept (the projection saves its input for its own weight gradient anyway).
 
 This module also holds the gradient recording that BINGO uses as its control-variate prior.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,7 @@ from torch import nn
 from ..accounting import unit_costs
 from ..architectures import transformer_blocks
 from ..configs import OneShotConfig, _require
-from ..gates import HEADS, NEURONS, UnitGate
+from ..gates import GATE_NAME, HEADS, NEURONS, UnitGate
 from ..registry import register_method
 from .base import OneShotMethod
 
@@ -33,12 +35,13 @@ if TYPE_CHECKING:
 
 # -- gradient recording, shared with BINGO ---------------------------------------------------------------------------
 class GradientGate(UnitGate):
-    """A mask-only gate that records the per-example gradient of the loss with respect to its (unit) multipliers.
+    """A mask-only gate that records the per-example gradient of the loss with respect to its unit multipliers.
 
-    In training with gradients enabled its multipliers are `mask * ones`, where `ones` (shape `[batch, units]`)
-    requires grad and carries a hook; the forward values are exactly those of `UnitGate`, so the model computes
-    bit for bit the same thing. The recorded sums wait in plain tensors until `GateGradients.flush` reduces them
-    across processes into the buffers below, which checkpoints carry.
+    `capture_input` is a forward pre-hook for the projection the gate acts on, registered after the gate's own hook
+    (see `GateGradients`), so it sees the gated input. In training with gradients enabled it puts a hook on that
+    input which sums `input * grad` over each unit's slice, per example: `dL_i/dgate_u` at gate 1 (0 for masked
+    units). The recorded sums wait in plain tensors until `GateGradients.flush` reduces them across processes into
+    the buffers below, which checkpoints carry.
 
     Buffers:
         grad_abs_sum: weighted sum over micro-batches of `sum_examples |dL_i/dgate|` (Taylor importance).
@@ -57,17 +60,17 @@ class GradientGate(UnitGate):
         self._abs: torch.Tensor | None = None  # this micro-batch: sum over examples of its absolute value
         self.pending: dict[str, torch.Tensor] = {}  # local sums not yet reduced into the buffers
 
-    def forward(self, batch_size: int) -> torch.Tensor:
-        values = super().forward(batch_size)
-        if not (self.training and self.capture and torch.is_grad_enabled()):
-            return values
-        ones = torch.ones(batch_size, self.num_units, device=values.device, requires_grad=True)
-        ones.register_hook(self._store)
-        return values * ones
+    def capture_input(self, module: nn.Module, args: tuple) -> None:
+        x = args[0]
+        if self.training and self.capture and torch.is_grad_enabled() and x.requires_grad:
+            # a detached alias, not `x` itself: no reference cycle through the graph, and no extra memory (the
+            # projection saves the same storage for its weight gradient)
+            x.register_hook(functools.partial(self._store, x.detach()))
 
-    def _store(self, grad: torch.Tensor) -> None:
-        grad = grad.detach().float()
-        signed, absolute = grad.sum(dim=0), grad.abs().sum(dim=0)
+    def _store(self, x: torch.Tensor, grad: torch.Tensor) -> None:
+        product = (grad * x).reshape(x.shape[0], -1, self.num_units, x.shape[-1] // self.num_units)
+        per_example = product.sum(dim=(1, 3), dtype=torch.float32)  # [batch, units]
+        signed, absolute = per_example.sum(dim=0), per_example.abs().sum(dim=0)
         self._signed = signed if self._signed is None else self._signed + signed
         self._abs = absolute if self._abs is None else self._abs + absolute
 
@@ -123,6 +126,10 @@ class GateGradients:
         self.gates: list[GradientGate] = [
             g for kind in (HEADS, NEURONS) for g in state.gates(kind) if isinstance(g, GradientGate)
         ]
+        for module in model.modules():  # the projections the gates act on; runs after the gate's own pre-hook
+            gate = module._modules.get(GATE_NAME)
+            if isinstance(gate, GradientGate):
+                state.hooks.append(module.register_forward_pre_hook(gate.capture_input))
         self.recorder = LossRecorder()
         state.hooks.append(model.register_forward_hook(self.recorder))
         self.relative_available = True  # False once a micro-batch had no usable model loss
@@ -156,7 +163,9 @@ class GateGradients:
             for name in names:
                 buffer = getattr(gate, name)
                 value = gate.pending.get(name)
-                parts.append(torch.zeros_like(buffer) if value is None else value.to(buffer.device).reshape(buffer.shape))
+                parts.append(
+                    torch.zeros_like(buffer) if value is None else value.to(buffer.device).reshape(buffer.shape)
+                )
             gate.pending = {}
         if not parts:
             return

@@ -110,29 +110,64 @@ class BingoConfig(OneShotConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _require(isinstance(self.probe_interval, int) and self.probe_interval >= 1, "probe_interval",
-                 self.probe_interval, "use an integer >= 1 (optimizer steps between probes)")
-        _require(0.0 <= self.probe_start < 1.0, "probe_start", self.probe_start, "use a fraction of training in [0, 1)")
+        _require(
+            isinstance(self.probe_interval, int) and self.probe_interval >= 1,
+            "probe_interval",
+            self.probe_interval,
+            "use an integer >= 1 (optimizer steps between probes)",
+        )
+        _require(
+            0.0 <= self.probe_start < 1.0, "probe_start", self.probe_start, "use a fraction of training in [0, 1)"
+        )
         _require(0.0 < self.p_head < 1.0, "p_head", self.p_head, "use a probability in (0, 1), e.g. 0.1")
         _require(0.0 < self.p_neuron < 1.0, "p_neuron", self.p_neuron, "use a probability in (0, 1), e.g. 0.05")
-        _require(isinstance(self.masked_passes, int) and self.masked_passes >= 1, "masked_passes",
-                 self.masked_passes, "use an integer >= 1")
-        for name, allowed in (("estimator", ESTIMATORS), ("signal", SIGNALS), ("perturbation", PERTURBATIONS),
-                              ("time_weighting", TIME_WEIGHTINGS), ("shrinkage", SHRINKAGES)):
+        _require(
+            isinstance(self.masked_passes, int) and self.masked_passes >= 1,
+            "masked_passes",
+            self.masked_passes,
+            "use an integer >= 1",
+        )
+        for name, allowed in (
+            ("estimator", ESTIMATORS),
+            ("signal", SIGNALS),
+            ("perturbation", PERTURBATIONS),
+            ("time_weighting", TIME_WEIGHTINGS),
+            ("shrinkage", SHRINKAGES),
+        ):
             _require(getattr(self, name) in allowed, name, getattr(self, name), f"use one of {', '.join(allowed)}")
         _require(0.0 < self.ema_decay < 1.0, "ema_decay", self.ema_decay, "use a value in (0, 1) (the paper: 0.5)")
         _require(self.ridge_alpha > 0, "ridge_alpha", self.ridge_alpha, "use a positive penalty, e.g. 1.0")
         _require(self.confidence_z >= 0, "confidence_z", self.confidence_z, "use 0 (rank by effect) or a positive z")
         if self.max_metric_drop is not None:
-            _require(0.0 < self.max_metric_drop < 1.0, "max_metric_drop", self.max_metric_drop,
-                     "use a relative tolerance in (0, 1), e.g. 0.01, or None to prune to target_sparsity")
+            _require(
+                0.0 < self.max_metric_drop < 1.0,
+                "max_metric_drop",
+                self.max_metric_drop,
+                "use a relative tolerance in (0, 1), e.g. 0.01, or None to prune to target_sparsity",
+            )
         _require(0.0 < self.search_step <= 0.5, "search_step", self.search_step, "use a grid step in (0, 0.5]")
-        _require(self.search_step <= self.search_max_sparsity < 1.0, "search_max_sparsity", self.search_max_sparsity,
-                 "use a value in [search_step, 1)")
-        _require(0.0 < self.max_layer_neuron_sparsity <= 1.0, "max_layer_neuron_sparsity",
-                 self.max_layer_neuron_sparsity, "use a fraction in (0, 1]")
-        _require(isinstance(self.recovery_steps, int) and self.recovery_steps >= 0, "recovery_steps",
-                 self.recovery_steps, "use an integer >= 0 (0 disables the recovery fine-tune)")
+        _require(
+            self.search_step <= self.search_max_sparsity < 1.0,
+            "search_max_sparsity",
+            self.search_max_sparsity,
+            "use a value in [search_step, 1)",
+        )
+        _require(
+            0.0 < self.max_layer_neuron_sparsity <= 1.0,
+            "max_layer_neuron_sparsity",
+            self.max_layer_neuron_sparsity,
+            "use a fraction in (0, 1]",
+        )
+        _require(
+            isinstance(self.recovery_steps, int) and self.recovery_steps >= 0,
+            "recovery_steps",
+            self.recovery_steps,
+            "use an integer >= 0 (0 disables the recovery fine-tune)",
+        )
         if self.recovery_learning_rate is not None:
-            _require(self.recovery_learning_rate > 0, "recovery_learning_rate", self.recovery_learning_rate,
-                     "use a positive learning rate, or None for the training learning_rate")
+            _require(
+                self.recovery_learning_rate > 0,
+                "recovery_learning_rate",
+                self.recovery_learning_rate,
+                "use a positive learning rate, or None for the training learning_rate",
+            )

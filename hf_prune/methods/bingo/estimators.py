@@ -150,8 +150,11 @@ class DifferenceOfMeansEstimator(Estimator):
         se = (var_in * in_w2 / in_w**2 + var_out * out_w2 / out_w**2).sqrt()
         value = mean_in - mean_out
         missing = (in_w <= 0) | (out_w <= 0)
-        return Estimate(value.masked_fill(missing, float("nan")), se.masked_fill(missing, float("nan")),
-                        self.ablated_count.double().cpu())
+        return Estimate(
+            value.masked_fill(missing, float("nan")),
+            se.masked_fill(missing, float("nan")),
+            self.ablated_count.double().cpu(),
+        )
 
 
 class ControlVariateEstimator(Estimator):
@@ -242,8 +245,13 @@ class RidgeEstimator(Estimator):
         alpha (`float`, defaults to `1.0`): penalty strength, in probes' worth of weight.
     """
 
-    def __init__(self, p: torch.Tensor, groups: torch.Tensor | None = None, columns: torch.Tensor | None = None,
-                 alpha: float = 1.0):
+    def __init__(
+        self,
+        p: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        columns: torch.Tensor | None = None,
+        alpha: float = 1.0,
+    ):
         super().__init__(p, groups)
         columns = torch.ones(self.num_units, dtype=torch.bool) if columns is None else columns.bool().flatten()
         self.alpha = alpha

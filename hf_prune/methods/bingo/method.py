@@ -80,6 +80,7 @@ class BingoMethod(OneShotMethod):
         self.probe_seconds = 0.0
         self.search_result: SearchResult | None = None
         self.recovery_losses: list[float] = []
+        self._warned_prior = False
 
     # -- set-up ------------------------------------------------------------------------------------------------------
     def create_gate(self, kind: str, layer: int, num_units: int) -> UnitGate:
@@ -156,6 +157,12 @@ class BingoMethod(OneShotMethod):
                         masked = probe_loss(trainer, model, inputs, accuracy)
                     rows.append((ablated, relative_change(config.signal, clean, masked)))
         prior = self.prior() if self.uses_prior else None
+        if self.uses_prior and not self.gradients.relative_available and not self._warned_prior:
+            self._warned_prior = True
+            logger.warning(
+                "BINGO: the model's own loss is not what the trainer backpropagates (label smoothing or "
+                "compute_loss_func?), so there is no gate-gradient prior; the estimates stay unbiased but are noisier."
+            )
         for ablated, y, w in self._gather(rows, weight):
             self.statistics.observe(ablated, y, w, prior)
         self.probe_seconds += time.perf_counter() - began
@@ -165,14 +172,16 @@ class BingoMethod(OneShotMethod):
             return self.initial_weights.reset(self.layout, ablated)
         return switched_off(self.layout, ablated)
 
-    def _gather(self, rows: list[tuple[torch.Tensor, float]], weight: float) -> list[tuple[torch.Tensor, float, float]]:
+    def _gather(
+        self, rows: list[tuple[torch.Tensor, float]], weight: float
+    ) -> list[tuple[torch.Tensor, float, float]]:
         """Every process's probe rows, in rank order, so all processes apply the same updates."""
         if world_size() == 1:
             return [(ablated, y, weight) for ablated, y in rows]
         device = self.statistics.probes.device
-        local = torch.stack(
-            [torch.cat([ablated.float(), torch.tensor([y, weight])]) for ablated, y in rows]
-        ).to(device)
+        local = torch.stack([torch.cat([ablated.float(), torch.tensor([y, weight])]) for ablated, y in rows]).to(
+            device
+        )
         gathered = [torch.empty_like(local) for _ in range(world_size())]
         dist.all_gather(gathered, local)
         return [(row[:-2].cpu() > 0.5, float(row[-2]), float(row[-1])) for part in gathered for row in part]
@@ -216,8 +225,12 @@ class BingoMethod(OneShotMethod):
                     f"BINGO has no measurement for any unit (probes run: {int(self.statistics.probes)}). Train with "
                     "PruningTrainer for more steps, or lower probe_start / probe_interval."
                 )
-            logger.warning("BINGO: %d of %d units were never probed; ranking them by %s.",
-                           int(missing.sum()), value.numel(), fallback)
+            logger.warning(
+                "BINGO: %d of %d units were never probed; ranking them by %s.",
+                int(missing.sum()),
+                value.numel(),
+                fallback,
+            )
         costs = self.layout.per_layer(unit_costs_by_layer(self.model, self.state))
         return self.layout.split((value / costs).float())
 
@@ -228,7 +241,8 @@ class BingoMethod(OneShotMethod):
         neurons = [g.num_units for g in self.state.gates(NEURONS) if g is not None]
         floor = math.ceil((1.0 - config.max_layer_neuron_sparsity) * max(neurons, default=0) - 1e-9)
         guarded = dataclasses.replace(
-            self.state, config=dataclasses.replace(config, min_neurons_per_layer=max(config.min_neurons_per_layer, floor))
+            self.state,
+            config=dataclasses.replace(config, min_neurons_per_layer=max(config.min_neurons_per_layer, floor)),
         )
         return select_to_sparsity(self.model, guarded, self.scores() if scores is None else scores, sparsity)
 

@@ -57,7 +57,10 @@ class UnitLayout:
     def per_layer(self, values: Mapping[str, list[float]]) -> torch.Tensor:
         """A float64 vector holding `values[kind][layer]` at each unit."""
         return torch.cat(
-            [torch.full((e.stop - e.start,), float(values[e.kind][e.layer]), dtype=torch.float64) for e in self.entries]
+            [
+                torch.full((e.stop - e.start,), float(values[e.kind][e.layer]), dtype=torch.float64)
+                for e in self.entries
+            ]
         )
 
     def groups(self, mode: str) -> torch.Tensor:
@@ -173,8 +176,11 @@ class InitialWeights:
                     part = (fused.weight.shape[1] if isinstance(fused, Conv1D) else fused.weight.shape[0]) // 3
                     projections = [(fused, 0, group), (fused, part, 1), (fused, 2 * part, 1)]
                 else:
-                    projections = [(block.get_submodule(spec.q), 0, group), (block.get_submodule(spec.k), 0, 1),
-                                   (block.get_submodule(spec.v), 0, 1)]
+                    projections = [
+                        (block.get_submodule(spec.q), 0, group),
+                        (block.get_submodule(spec.k), 0, 1),
+                        (block.get_submodule(spec.v), 0, 1),
+                    ]
                 for module, offset, heads in projections:
                     add(key, module, offset, heads * head_dim, output=True)
                 add(key, block.get_submodule(spec.o), 0, group * head_dim, output=False)

@@ -155,7 +155,9 @@ def search_max_prune(
             ok = value >= allowed if greater else value <= allowed
             trials.append(SearchTrial(sparsity, value, ok))
             cache[index] = (ok, masks)
-            logger.info("pruning search: sparsity %.3f -> %s = %.5f (%s)", sparsity, key, value, "ok" if ok else "over")
+            logger.info(
+                "pruning search: sparsity %.3f -> %s = %.5f (%s)", sparsity, key, value, "ok" if ok else "over"
+            )
         return cache[index][0]
 
     low, high = 0, math.floor(max_sparsity / step + 1e-9)
@@ -193,7 +195,7 @@ def recover_with_frozen_masks(trainer, masks: Masks, steps: int, learning_rate: 
     gates = [g for kind in (HEADS, NEURONS) for g in state.gates(kind) if hasattr(g, "capture")]
     captures = [g.capture for g in gates]
     losses: list[float] = []
-    with preserved_modes(model):
+    with preserved_modes(model), torch.enable_grad():  # finalize_model runs under no_grad
         wrapped.train()
         optimizer.zero_grad(set_to_none=True)
         for gate in gates:

@@ -1,0 +1,130 @@
+"""Taylor importance: gate gradients recorded without parameters are exact; one-shot pruning to a target."""
+
+import pytest
+import torch
+from torch import nn
+
+import hf_prune
+from hf_prune.accounting import prunable_parameters
+from hf_prune.gates import HEADS, NEURONS, get_pruning_state
+from hf_prune.methods.bingo import search_max_prune
+from hf_prune.methods.taylor import TaylorConfig, unit_costs_by_layer
+
+from .test_bingo import _counting, _dataset, _trainer
+from .tiny_models import FAMILIES, build, inputs, logits
+
+
+FAMILY = {f.name: f for f in FAMILIES}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_config_rejects_bad_start():
+    with pytest.raises(ValueError, match=r"Invalid start="):
+        TaylorConfig(start=1.0)
+
+
+def _loss_with_scaled_unit(model, batch, projection: nn.Module, columns: slice, factor: float) -> float:
+    saved = projection.weight.detach().clone()
+    with torch.no_grad():
+        projection.weight[:, columns] *= factor  # scaling a unit's input columns = scaling its gate
+        loss = float(model(**batch).loss)
+        projection.weight.copy_(saved)
+    return loss
+
+
+def test_gate_gradients_match_finite_differences():
+    """The recorded `-dL/dgate / L` equals a central finite difference, even though the backward ran on a rescaled
+    loss (as under gradient accumulation); the per-example absolute sum bounds the signed one."""
+    family = FAMILY["bert"]
+    model = build(family).double()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    hf_prune.prepare_model_for_pruning(model, TaylorConfig())
+    state = get_pruning_state(model)
+    batch = {**inputs(family, batch=4), "labels": torch.tensor([0, 1, 1, 0])}
+    model.train()
+    output = model(**batch)
+    (output.loss * 0.25).backward()  # what the Trainer does for 4 accumulation steps
+    state.method.gradients.record(abs_weight=1.0, rel_weight=1.0)
+    state.method.gradients.flush()
+    loss = float(output.loss.detach())
+
+    layer = model.bert.encoder.layer[0]
+    eps = 1e-4
+    for kind, gate, projection, width in (
+        (HEADS, state.layers[0].head_gate, layer.attention.output.dense, 8),
+        (NEURONS, state.layers[0].neuron_gate, layer.output.dense, 1),
+    ):
+        recorded = -gate.grad_rel_sum.double() * loss  # dL/dgate
+        for unit in (0, 3):
+            columns = slice(unit * width, (unit + 1) * width)
+            numeric = (
+                _loss_with_scaled_unit(model, batch, projection, columns, 1 + eps)
+                - _loss_with_scaled_unit(model, batch, projection, columns, 1 - eps)
+            ) / (2 * eps)
+            assert float(recorded[unit]) == pytest.approx(numeric, rel=1e-3, abs=1e-7), (kind, unit)
+        assert bool((gate.grad_abs_sum.double() >= recorded.abs() - 1e-6).all())
+        assert float(gate.grad_weight) == 1.0
+
+
+def test_scores_need_training():
+    model = build(FAMILY["bert"])
+    hf_prune.prepare_model_for_pruning(model, TaylorConfig())
+    with pytest.raises(ValueError, match="no gradients"):
+        get_pruning_state(model).method.scores()
+
+
+@pytest.mark.parametrize("family_name, normalize", [("bert", False), ("qwen2", True)])
+def test_taylor_end_to_end(family_name, normalize, tmp_path):
+    family = FAMILY[family_name]
+    model = build(family)
+    trainer = _trainer(
+        model,
+        TaylorConfig(target_sparsity=0.4, normalize_layers=normalize),
+        tmp_path,
+        steps=4,
+        train_dataset=_dataset(family),
+        args={"gradient_accumulation_steps": 2},
+    )
+    trainer.train()
+    method = get_pruning_state(model).method
+    assert method.metrics()["taylor_batches"] == 8  # every micro-batch
+    importance = method.importance()
+    assert all(bool((v > 0).all()) for kind in importance for v in importance[kind])
+    spec = hf_prune.get_architecture(model)
+    total = prunable_parameters(model, spec)
+    largest_unit = max(max(costs) for costs in unit_costs_by_layer(model, get_pruning_state(model)).values())
+    hf_prune.finalize_model(model)
+    assert abs(total - prunable_parameters(model, spec) - 0.4 * total) <= largest_unit
+    batch = inputs(family)
+    model.save_pretrained(tmp_path / "pruned")
+    reloaded = hf_prune.AutoPrunedModel.from_pretrained(tmp_path / "pruned")
+    torch.testing.assert_close(logits(reloaded, batch), logits(model.eval(), batch), atol=1e-5, rtol=0)
+
+
+def test_metric_search_works_for_taylor_too(tmp_path):
+    data = _counting(96)
+    model = build(FAMILY["llama"])
+    trainer = _trainer(
+        model,
+        TaylorConfig(),
+        tmp_path,
+        steps=16,
+        train_dataset=data.select(range(64)),
+        eval_dataset=data.select(range(64, 96)),
+        args={"learning_rate": 1e-2},
+    )
+    trainer.train()
+    result = search_max_prune(trainer, max_metric_drop=0.05, step=0.1)
+    assert result.trials[0].sparsity == 0.0 and result.masks[HEADS][0] is not None
+    within = [t.sparsity for t in result.trials if t.within_tolerance]
+    assert result.sparsity == max(within)
+    assert all(gate.mask.all() for kind in (HEADS, NEURONS) for gate in get_pruning_state(model).gates(kind))
