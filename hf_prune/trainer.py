@@ -149,7 +149,7 @@ class PruningTrainer(Trainer):
         method = get_pruning_state(self.pruned_model).method
         lr = (
             self.args.gate_learning_rate
-            or getattr(method, "default_gate_learning_rate", None)
+            or method.gate_learning_rate(self.state.max_steps)
             or self.args.learning_rate
         )
         optimizer.add_param_group(

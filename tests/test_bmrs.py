@@ -176,3 +176,15 @@ def test_gate_math_in_float32_under_bf16_autocast():
 def test_invalid_bmrs_config(kwargs, field):
     with pytest.raises(ValueError, match=field):
         BmrsConfig(**kwargs)
+
+
+def test_default_gate_learning_rate_follows_the_run_length(tmp_path):
+    family = FAMILIES[0]
+    for max_steps, expected in ((100, 0.1), (1000, 0.02), (100000, 0.01)):
+        args = PruningArguments(output_dir=str(tmp_path), max_steps=max_steps, use_cpu=True, report_to=[])
+        trainer = PruningTrainer(
+            model=build(family), args=args, pruning_config=BmrsConfig(), train_dataset=token_search_task(8, 0)
+        )
+        trainer.state.max_steps = max_steps
+        groups = [g for g in trainer.create_optimizer().param_groups if g.get("hf_prune_gates")]
+        assert groups[0]["lr"] == pytest.approx(expected)
