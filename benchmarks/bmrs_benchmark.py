@@ -28,7 +28,7 @@ VARIANTS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train_samples", type=int, default=4000)
+    parser.add_argument("--train_samples", type=int, default=2000)
     parser.add_argument("--eval_samples", type=int, default=500)
     parser.add_argument("--test_samples", type=int, default=2000)
     parser.add_argument("--epochs", type=float, default=3)

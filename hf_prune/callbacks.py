@@ -25,7 +25,9 @@ class PruningScheduleCallback(TrainerCallback):
     def __init__(self, finalize_on_train_end: bool = False):
         self.finalize_on_train_end = finalize_on_train_end
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
+    ):
         model = _unwrap(model)
         if model is not None and is_prepared(model):
             epochs = max(1, math.ceil(state.num_train_epochs or 1))

@@ -45,8 +45,10 @@ class PruningArguments(TrainingArguments):
     pruning_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the method's loss term."})
     gate_lr_scheduler_type: str = field(
         default="constant",
-        metadata={"help": "'constant': gates keep their learning rate all run (a decayed gate lr would stop pruning "
-                  "decisions from moving late in training); 'same': they follow lr_scheduler_type."},
+        metadata={
+            "help": "'constant': gates keep their learning rate all run (a decayed gate lr would stop pruning "
+            "decisions from moving late in training); 'same': they follow lr_scheduler_type."
+        },
     )
     finalize_on_train_end: bool = field(
         default=False, metadata={"help": "Remove the pruned units when training ends."}
@@ -64,7 +66,13 @@ class PruningArguments(TrainingArguments):
             raise ValueError(f"Invalid pruning_loss_weight={self.pruning_loss_weight}: use a value >= 0.")
 
 
-_TOKEN_LEVEL_HEADS = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForTokenClassification", "ForConditionalGeneration")
+_TOKEN_LEVEL_HEADS = (
+    "ForCausalLM",
+    "LMHeadModel",
+    "ForMaskedLM",
+    "ForTokenClassification",
+    "ForConditionalGeneration",
+)
 
 
 def _normalises_by_num_items(model: nn.Module) -> bool:
@@ -147,11 +155,7 @@ class PruningTrainer(Trainer):
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in gates]
         method = get_pruning_state(self.pruned_model).method
-        lr = (
-            self.args.gate_learning_rate
-            or method.gate_learning_rate(self.state.max_steps)
-            or self.args.learning_rate
-        )
+        lr = self.args.gate_learning_rate or method.gate_learning_rate(self.state.max_steps) or self.args.learning_rate
         optimizer.add_param_group(
             {"params": gate_parameters(self.pruned_model), "lr": lr, "weight_decay": 0.0, "hf_prune_gates": True}
         )

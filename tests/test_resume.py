@@ -21,9 +21,18 @@ def digest(model) -> str:
 
 def run(tmp_path, name, config, resume=None, max_steps=6):
     family = FAMILIES[0]
-    args = PruningArguments(output_dir=str(tmp_path / name), max_steps=max_steps, per_device_train_batch_size=4,
-                            save_steps=3, logging_steps=1, use_cpu=True, report_to=[], seed=0, learning_rate=1e-3,
-                            gate_learning_rate=1e-2)
+    args = PruningArguments(
+        output_dir=str(tmp_path / name),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        save_steps=3,
+        logging_steps=1,
+        use_cpu=True,
+        report_to=[],
+        seed=0,
+        learning_rate=1e-3,
+        gate_learning_rate=1e-2,
+    )
     trainer = PruningTrainer(model=build(family), args=args, pruning_config=config, train_dataset=dataset(family, 64))
     trainer.train(resume_from_checkpoint=resume)
     return trainer
