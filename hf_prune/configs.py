@@ -36,7 +36,8 @@ class PruningConfig:
             (e.g. 8 or 64 for efficient kernels).
         min_heads_per_layer (`int`, defaults to `0`): never keep fewer heads (units) than this in a layer.
         min_neurons_per_layer (`int`, defaults to `0`): never keep fewer MLP neurons than this in a layer.
-        seed (`int`, *optional*): seed of the method's own random stream (defaults to the training seed).
+        seed (`int`, *optional*): seed of the method's own random stream (methods that draw random numbers use 0
+            when it is not set).
     """
 
     method: ClassVar[str] = "base"

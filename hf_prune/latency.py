@@ -19,7 +19,8 @@ def synthetic_inputs(model: nn.Module, batch_size: int, seq_len: int) -> dict[st
         size = config.image_size
         pixels = torch.randn(batch_size, config.num_channels, size, size, generator=generator)
         return {"pixel_values": pixels.to(device, next(model.parameters()).dtype)}
-    ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or seq_len
+    ids = torch.randint(0, config.vocab_size, (batch_size, min(seq_len, limit)), generator=generator)
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
 
 

@@ -194,7 +194,7 @@ class PruningTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if is_prepared(self.pruned_model):
-            logs.update(pruning_metrics(self.pruned_model))
+            logs = {**logs, **pruning_metrics(self.pruned_model)}  # a copy: callers' metric dicts stay as they were
             if self._pruning_loss_count:
                 logs["pruning/loss_term"] = self._pruning_loss_sum / self._pruning_loss_count
                 self._pruning_loss_sum, self._pruning_loss_count = 0.0, 0
