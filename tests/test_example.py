@@ -392,3 +392,17 @@ def test_local_files_and_label_encoding(tmp_path):
     (tmp_path / "one.csv").write_text("text,label\na,pos\nb,pos\n")
     with pytest.raises(ValueError, match="at least 2"):
         encode_labels(load_local_dataset({"train": tmp_path / "one.csv"}))
+
+
+def test_console_command_lists_the_methods():
+    run = subprocess.run(
+        [sys.executable, "-m", "hf_prune.cli", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    for method in hf_prune.available_methods():
+        assert method in run.stdout
