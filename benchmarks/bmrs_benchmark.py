@@ -12,9 +12,19 @@ BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 
-from common import command, environment, run, save_json, sentiment_splits, training_arguments, write_section
+from common import (
+    RESULTS,
+    command,
+    environment,
+    run,
+    save_json,
+    sentiment_splits,
+    training_arguments,
+    write_section,
+)
 
 from hf_prune import BmrsConfig
 
@@ -39,16 +49,32 @@ def main() -> None:
         "--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS)
     )
     parser.add_argument("--dry_run", action="store_true", help="do not write results")
+    parser.add_argument("--fresh", action="store_true", help="ignore runs already recorded with the same settings")
     args = parser.parse_args()
 
+    # every finished run is appended to a log, so an interrupted benchmark continues where it stopped
+    settings = {k: v for k, v in vars(args).items() if k not in ("variants", "dry_run", "fresh")}
+    log = RESULTS / "bmrs_runs.jsonl"
+    done = {}
+    if log.exists() and not args.fresh and not args.dry_run:
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["settings"] == settings:
+                done[entry["record"]["name"]] = entry["record"]
     splits, tokenizer = sentiment_splits(args.train_samples, args.eval_samples, args.test_samples, seed=args.seed)
     records = []
     with tempfile.TemporaryDirectory() as tmp:
-        records.append(run("dense", splits, tokenizer, None, training_arguments(tmp, args.epochs, args.seed)))
-        for name in args.variants.split(","):
-            config = BmrsConfig(kl_weighting=args.kl_weighting, **VARIANTS[name])
+        for name in ["dense", *args.variants.split(",")]:
+            if name in done:
+                records.append(done[name])
+                continue
+            config = None if name == "dense" else BmrsConfig(kl_weighting=args.kl_weighting, **VARIANTS[name])
             training = training_arguments(tmp, args.epochs, args.seed, gate_learning_rate=args.gate_learning_rate)
             records.append(run(name, splits, tokenizer, config, training))
+            if not args.dry_run:
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                with log.open("a") as f:
+                    f.write(json.dumps({"settings": settings, "record": records[-1]}) + "\n")
     if args.dry_run:
         return
 

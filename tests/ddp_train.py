@@ -115,3 +115,6 @@ if __name__ == "__main__":
             gradients(Path(sys.argv[1]), average)
     else:
         main(Path(sys.argv[1]), sys.argv[2].split(","))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()  # a clean shutdown: gloo threads alive at exit abort the process
