@@ -39,7 +39,7 @@ def select_to_sparsity(
             if s is not None and not torch.isfinite(s).all():
                 raise ValueError(f"non-finite pruning scores for {kind} in layer {layer}: the gate state is NaN/inf")
 
-    costs = _costs(model, state)
+    costs = unit_costs_by_layer(model, state)
     minimum = {
         HEADS: math.ceil(config.min_heads_per_layer / state.layers[0].group_size),
         NEURONS: config.min_neurons_per_layer,
@@ -70,7 +70,8 @@ def select_to_sparsity(
     return keep
 
 
-def _costs(model: nn.Module, state: PruningState) -> dict[str, list[int]]:
+def unit_costs_by_layer(model: nn.Module, state: PruningState) -> dict[str, list[int]]:
+    """Prunable parameters freed by one unit of each kind, per layer."""
     costs = {HEADS: [], NEURONS: []}
     for layer, gated in zip(transformer_blocks(model, state.spec), state.layers):
         head, neuron = unit_costs(layer, state.spec, state.head_dim, gated.group_size)

@@ -13,7 +13,7 @@ from hf_prune.accounting import prunable_parameters
 from hf_prune.gates import HEADS, NEURONS, get_pruning_state
 from hf_prune.methods.bingo import BingoConfig, EmaEstimator, build_estimator
 from hf_prune.methods.bingo.probes import InitialWeights, UnitLayout, switched_off
-from hf_prune.methods.taylor import unit_costs_by_layer
+from hf_prune.selection import unit_costs_by_layer
 
 from .tiny_models import FAMILIES, build, inputs, logits
 

@@ -21,11 +21,10 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from ..accounting import unit_costs
-from ..architectures import transformer_blocks
 from ..configs import OneShotConfig, _require
 from ..gates import GATE_NAME, HEADS, NEURONS, UnitGate
 from ..registry import register_method
+from ..selection import unit_costs_by_layer
 from .base import OneShotMethod
 
 
@@ -191,16 +190,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def unit_costs_by_layer(model: nn.Module, state: PruningState) -> dict[str, list[int]]:
-    """Prunable parameters freed by one unit of each kind, per layer."""
-    costs = {HEADS: [], NEURONS: []}
-    for layer, gated in zip(transformer_blocks(model, state.spec), state.layers):
-        head, neuron = unit_costs(layer, state.spec, state.head_dim, gated.group_size)
-        costs[HEADS].append(head)
-        costs[NEURONS].append(neuron)
-    return costs
 
 
 # -- the Taylor baseline ---------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from torch import distributed as dist
 from torch import nn
 
 from ...gates import HEADS, NEURONS, UnitGate
-from ...selection import select_to_sparsity
+from ...selection import select_to_sparsity, unit_costs_by_layer
 from ..base import OneShotMethod
-from ..taylor import GateGradients, GradientGate, unit_costs_by_layer, world_size
+from ..taylor import GateGradients, GradientGate, world_size
 from .config import BingoConfig
 from .estimators import Estimate, Estimator, build_estimator
 from .probes import (
