@@ -237,6 +237,9 @@ class FineTuneAndPruneArguments(PruningArguments):
     save_strategy: SaveStrategy | str = field(
         default="no", metadata={"help": "Checkpoint strategy ('no', 'steps', 'epoch'); checkpoints are gated models."}
     )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Write into output_dir even if it already holds files."}
+    )
     latency_batch_size: int = field(default=32, metadata={"help": "Batch size of the latency benchmark."})
     latency_repeats: int = field(
         default=10, metadata={"help": "Timed forward passes per model (median reported); 0 skips the benchmark."}
@@ -651,10 +654,26 @@ def plot_pruning_history(log_history: list[dict], path: str, final: dict[str, fl
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def check_output_dir(training_args: FineTuneAndPruneArguments) -> None:
+    """Refuse to write over a non-empty output folder unless asked to (or resuming a run in it)."""
+    folder = training_args.output_dir
+    if (
+        os.path.isdir(folder)
+        and os.listdir(folder)
+        and not training_args.overwrite_output_dir
+        and not training_args.resume_from_checkpoint
+    ):
+        raise ValueError(
+            f"Output directory {folder!r} already exists and is not empty. Pass --overwrite_output_dir to write over "
+            "it, or choose another --output_dir."
+        )
+
+
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Run the whole job; `args` replaces `sys.argv[1:]`. Returns what is written to `metrics.json`."""
     start = time.perf_counter()
     model_args, data_args, training_args, method_args, pruning_config = parse_args(args)
+    check_output_dir(training_args)
     setup_logging(training_args)
     logger.warning(
         "Process rank: %s of %s, device: %s, n_gpu: %s",

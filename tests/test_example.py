@@ -238,6 +238,21 @@ def test_csv_string_labels_three_classes(tmp_path, tiny_model, monkeypatch):
     # the test rows reach the trainer once: the final report of the pruned (no longer gated) model
     assert [c for c in spy.calls if c[2]] == [("evaluate", "test", True, False)]
     assert spy.calls[0] == ("train", None, False, True)
+
+    # a second run into the same, now non-empty, folder is refused unless asked for
+    arguments = [
+        "--model_name_or_path",
+        str(tiny_model),
+        "--train_file",
+        train,
+        "--output_dir",
+        str(output_dir),
+        *FAST,
+    ]
+    before = sorted(p.name for p in output_dir.iterdir())
+    with pytest.raises(ValueError, match="--overwrite_output_dir"):
+        script.main(arguments)
+    assert sorted(p.name for p in output_dir.iterdir()) == before
     assert ("evaluate", "eval", False, True) in spy.calls  # the gated model on validation
     assert spy.calls[-1] == ("evaluate", "test", True, False)
 

@@ -51,3 +51,43 @@ def test_push_and_reload_round_trip(tmp_path):
         assert 'from_pretrained("tester/trained-pruned", trust_remote_code=True)' in card
         assert "| accuracy |" not in card or "before pruning" in card
         assert "latency (cpu" in card and "## Training hyper-parameters" in card and "eval: loss" not in card
+
+
+def test_failed_push_leaves_the_local_folder_complete(tmp_path):
+    """The Hub refuses the commit: the push raises, and the saved folder is untouched and still loads."""
+    script = tmp_path / "push.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import torch, hf_prune\n"
+        "from tiny_models import FAMILIES, build, inputs, logits\n"
+        "model = build(FAMILIES[0])\n"
+        "hf_prune.prune_structures(model, heads={1: [0]}, neurons={0: [1, 2]})\n"
+        f"model.save_pretrained({str(tmp_path / 'local')!r})\n"
+        "try:\n"
+        "    model.push_to_hub('tester/refused')\n"
+        "except Exception as error:\n"
+        "    print('PUSH FAILED', type(error).__name__)\n"
+        f"again = hf_prune.AutoPrunedModel.from_pretrained({str(tmp_path / 'local')!r})\n"
+        "assert torch.equal(logits(again, inputs(FAMILIES[0])), logits(model, inputs(FAMILIES[0])))\n"
+    )
+    with Hub(tmp_path / "hub") as hub:
+        hub.fail_commits = True
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_fake", "HF_HOME": str(tmp_path / "home")}
+        env.pop("HF_HUB_OFFLINE", None)
+        run = subprocess.run(
+            [sys.executable, str(script)],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+        assert "PUSH FAILED" in run.stdout
+        assert hub.files("tester/refused") == []
+        local = sorted(p.name for p in (tmp_path / "local").iterdir())
+        assert {"config.json", "model.safetensors", "modeling_hf_prune.py", "pruning_config.json", "README.md"} <= set(
+            local
+        )

@@ -159,3 +159,18 @@ def test_finalize_during_training_is_refused(tmp_path):
     trainer.train()
     assert errors and "while training is running" in errors[0]
     assert hf_prune.gates.is_prepared(trainer.model)  # nothing was changed
+
+
+def test_nan_gate_state_is_refused_at_finalize():
+    from hf_prune.gates import UnitGate
+
+    class BrokenGate(UnitGate):
+        def expected(self):
+            return torch.full((self.num_units,), float("nan"))
+
+    family = FAMILIES[0]
+    model = build(family)
+    hf_prune.prepare_model_for_pruning(model, MagnitudeConfig(target_sparsity=0.0))
+    hf_prune.gates.get_pruning_state(model).gates("neurons")[0].__class__ = BrokenGate
+    with pytest.raises(ValueError, match="NaN/inf"):
+        hf_prune.finalize_model(model)
