@@ -60,8 +60,9 @@ def main() -> None:
     if log.exists() and not args.fresh and not args.dry_run:
         for line in log.read_text().splitlines():
             entry = json.loads(line)
-            if entry["settings"] == settings:
-                done[entry["record"]["name"]] = entry["record"]
+            name = entry["record"]["name"]
+            if _same_run(entry["settings"], settings, name):
+                done[name] = entry["record"]
     if args.report_only:
         records = [done[name] for name in ["dense", *args.variants.split(",")] if name in done]
         return report(args, records)
@@ -81,6 +82,14 @@ def main() -> None:
                     f.write(json.dumps({"settings": settings, "record": records[-1]}) + "\n")
     if not args.dry_run:
         report(args, records)
+
+
+def _same_run(recorded: dict, wanted: dict, name: str) -> bool:
+    """The dense run does not depend on the BMRS settings, so it is shared between them."""
+    ignore = ("kl_weighting", "gate_learning_rate") if name == "dense" else ()
+    return {k: v for k, v in recorded.items() if k not in ignore} == {
+        k: v for k, v in wanted.items() if k not in ignore
+    }
 
 
 def report(args: argparse.Namespace, records: list[dict]) -> None:
@@ -103,7 +112,7 @@ def report(args: argparse.Namespace, records: list[dict]) -> None:
         )
     markdown = "\n".join(
         [
-            "## BMRS (issue: Bayesian model reduction gates)",
+            f"## BMRS (KL weighting `{args.kl_weighting}`)",
             "",
             f"MiniLM-L6 (22.7M parameters) fine-tuned on {args.train_samples} tweets (positive vs negative) for "
             f"{args.epochs:g} epochs, batch 32, lr 5e-5; KL weighting `{args.kl_weighting}`; gate learning rate "
@@ -118,8 +127,9 @@ def report(args: argparse.Namespace, records: list[dict]) -> None:
             f"`{command().replace(' --report_only', '')}`",
         ]
     )
-    save_json("bmrs", {"args": vars(args), "records": records, "environment": environment()})
-    write_section("bmrs", markdown)
+    key = "bmrs" if args.kl_weighting == "elbo" and args.gate_learning_rate is None else f"bmrs-{args.kl_weighting}"
+    save_json(key, {"args": vars(args), "records": records, "environment": environment()})
+    write_section(key, markdown)
 
 
 if __name__ == "__main__":
