@@ -91,3 +91,23 @@ def test_failed_push_leaves_the_local_folder_complete(tmp_path):
         assert {"config.json", "model.safetensors", "modeling_hf_prune.py", "pruning_config.json", "README.md"} <= set(
             local
         )
+
+
+def test_model_card_updates_an_existing_readme(tmp_path):
+    import hf_prune
+
+    from .tiny_models import FAMILIES, build
+
+    model = build(FAMILIES[0])
+    hf_prune.prune_structures(model, heads={0: [1]}, neurons={1: [0, 1, 2]})
+    readme = tmp_path / "README.md"
+    readme.write_text("---\nlicense: mit\ntags:\n- mine\n---\n# My notes\n\nKeep this paragraph.\n")
+    model.save_pretrained(tmp_path)
+    first = readme.read_text()
+    metadata = yaml.safe_load(first.split("---")[1])
+    assert metadata["license"] == "mit" and {"mine", "hf_prune", "pruned"} <= set(metadata["tags"])
+    assert "Keep this paragraph." in first and first.count("<!-- hf_prune:start -->") == 1
+    model.save_pretrained(tmp_path)  # saving again replaces hf_prune's section only
+    second = readme.read_text()
+    assert second.count("<!-- hf_prune:start -->") == 1 and "Keep this paragraph." in second
+    assert (tmp_path / "kept_units.png").stat().st_size > 1000
