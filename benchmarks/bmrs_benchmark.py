@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kl_weighting", default="elbo", choices=["elbo", "mean"])
     parser.add_argument("--gate_learning_rate", type=float, default=None, help="default: the method's recommendation")
+    parser.add_argument("--pruning_loss_weight", type=float, default=1.0, help="KL multiplier (< 1: tempered)")
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS)
     )
@@ -74,7 +75,13 @@ def main() -> None:
                 records.append(done[name])
                 continue
             config = None if name == "dense" else BmrsConfig(kl_weighting=args.kl_weighting, **VARIANTS[name])
-            training = training_arguments(tmp, args.epochs, args.seed, gate_learning_rate=args.gate_learning_rate)
+            training = training_arguments(
+                tmp,
+                args.epochs,
+                args.seed,
+                gate_learning_rate=args.gate_learning_rate,
+                pruning_loss_weight=args.pruning_loss_weight,
+            )
             records.append(run(name, splits, tokenizer, config, training))
             if not args.dry_run:
                 RESULTS.mkdir(parents=True, exist_ok=True)
@@ -86,10 +93,13 @@ def main() -> None:
 
 def _same_run(recorded: dict, wanted: dict, name: str) -> bool:
     """The dense run does not depend on the BMRS settings, so it is shared between them."""
-    ignore = ("kl_weighting", "gate_learning_rate") if name == "dense" else ()
-    return {k: v for k, v in recorded.items() if k not in ignore} == {
-        k: v for k, v in wanted.items() if k not in ignore
-    }
+    ignore = ("kl_weighting", "gate_learning_rate", "pruning_loss_weight") if name == "dense" else ()
+    recorded = {"pruning_loss_weight": 1.0, **recorded}  # runs recorded before the flag existed used 1.0
+
+    def keep(settings: dict) -> dict:
+        return {k: v for k, v in settings.items() if k not in ignore}
+
+    return keep(recorded) == keep(wanted)
 
 
 def report(args: argparse.Namespace, records: list[dict]) -> None:
@@ -115,7 +125,7 @@ def report(args: argparse.Namespace, records: list[dict]) -> None:
             f"## BMRS (KL weighting `{args.kl_weighting}`)",
             "",
             f"MiniLM-L6 (22.7M parameters) fine-tuned on {args.train_samples} tweets (positive vs negative) for "
-            f"{args.epochs:g} epochs, batch 32, lr 5e-5; KL weighting `{args.kl_weighting}`; gate learning rate "
+            f"{args.epochs:g} epochs, batch 32, lr 5e-5; KL weighting `{args.kl_weighting}` × {args.pruning_loss_weight:g}; gate learning rate "
             f"{args.gate_learning_rate or 'default (clip(20 / steps, 0.01, 0.1))'}. Test accuracy on {args.test_samples} "
             f"held-out tweets, seed {args.seed} (1 seed). Targets: ≥ 40 % of prunable parameters removed within 1.0 "
             "point of dense, training time ≤ 1.15× dense.",
@@ -127,7 +137,9 @@ def report(args: argparse.Namespace, records: list[dict]) -> None:
             f"`{command().replace(' --report_only', '')}`",
         ]
     )
-    key = "bmrs" if args.kl_weighting == "elbo" and args.gate_learning_rate is None else f"bmrs-{args.kl_weighting}"
+    key = "bmrs" if args.kl_weighting == "elbo" else f"bmrs-{args.kl_weighting}"
+    if args.gate_learning_rate is not None or args.pruning_loss_weight != 1.0:
+        key += f"-lr{args.gate_learning_rate}-w{args.pruning_loss_weight}"
     save_json(key, {"args": vars(args), "records": records, "environment": environment()})
     write_section(key, markdown)
 
