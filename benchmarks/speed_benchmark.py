@@ -35,17 +35,21 @@ def pruned_model(sparsity: float, multiple: int):
 
 
 @torch.no_grad()
-def latency_ms(model, batch: int, seq_len: int, repeats: int) -> float:
+def paired_latency_ms(dense, pruned, batch: int, seq_len: int, repeats: int) -> tuple[float, float]:
+    """Median forward times of the two models, measured alternately so that drifts of the machine (frequency, other
+    load) hit both equally."""
     ids = torch.randint(1000, 20000, (batch, seq_len), generator=torch.Generator().manual_seed(0))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     for _ in range(3):
-        model(**inputs)
-    times = []
+        dense(**inputs)
+        pruned(**inputs)
+    times = {"dense": [], "pruned": []}
     for _ in range(repeats):
-        start = time.perf_counter()
-        model(**inputs)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for name, model in (("dense", dense), ("pruned", pruned)):
+            start = time.perf_counter()
+            model(**inputs)
+            times[name].append((time.perf_counter() - start) * 1000)
+    return statistics.median(times["dense"]), statistics.median(times["pruned"])
 
 
 def main() -> None:
@@ -61,7 +65,6 @@ def main() -> None:
 
     dense, _ = pruned_model(0.0, 1)
     shapes = [(b, s) for b in map(int, args.batch_sizes.split(",")) for s in map(int, args.seq_lens.split(","))]
-    dense_ms = {shape: latency_ms(dense, *shape, args.repeats) for shape in shapes}
     records = []
     for sparsity in map(float, args.sparsities.split(",")):
         for multiple in (1, 8):
