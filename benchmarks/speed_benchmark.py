@@ -70,17 +70,17 @@ def main() -> None:
         for multiple in (1, 8):
             model, flops_ratio = pruned_model(sparsity, multiple)
             for batch, seq_len in shapes:
-                ms = latency_ms(model, batch, seq_len, args.repeats)
+                dense_ms, ms = paired_latency_ms(dense, model, batch, seq_len, args.repeats)
                 records.append(
                     {
                         "sparsity": sparsity,
                         "neuron_multiple": multiple,
                         "batch": batch,
                         "seq_len": seq_len,
-                        "dense_ms": dense_ms[(batch, seq_len)],
+                        "dense_ms": dense_ms,
                         "pruned_ms": ms,
                         "flops_ratio": flops_ratio,
-                        "speedup": dense_ms[(batch, seq_len)] / ms,
+                        "speedup": dense_ms / ms,
                         "throughput": 1000 * batch / ms,
                     }
                 )
