@@ -11,6 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .architectures import ArchitectureSpec, transformer_blocks
+from .modeling_hf_prune import in_features, out_features
 
 
 @dataclass(frozen=True)
@@ -25,17 +26,9 @@ class LayerShape:
         return asdict(self)
 
 
-def _in_features(module: nn.Module) -> int:
-    return module.weight.shape[0] if isinstance(module, Conv1D) else module.weight.shape[1]
-
-
-def _out_features(module: nn.Module) -> int:
-    return module.weight.shape[1] if isinstance(module, Conv1D) else module.weight.shape[0]
-
-
 def _row_cost(module: nn.Module) -> int:
     """Parameters tied to one output feature of a projection (its weights plus its bias)."""
-    return _in_features(module) + (1 if module.bias is not None else 0)
+    return in_features(module) + (1 if module.bias is not None else 0)
 
 
 def _projections(layer: nn.Module, spec: ArchitectureSpec) -> list[nn.Module]:
@@ -47,16 +40,16 @@ def layer_shapes(model: nn.Module, spec: ArchitectureSpec, head_dim: int) -> lis
     """The current head, key/value-head and neuron counts of every block."""
     shapes = []
     for layer in transformer_blocks(model, spec):
-        heads = _in_features(layer.get_submodule(spec.o)) // head_dim
-        kv_heads = _out_features(layer.get_submodule(spec.k)) // head_dim if spec.grouped_query else heads
-        shapes.append(LayerShape(heads, kv_heads, _in_features(layer.get_submodule(spec.mlp_out))))
+        heads = in_features(layer.get_submodule(spec.o)) // head_dim
+        kv_heads = out_features(layer.get_submodule(spec.k)) // head_dim if spec.grouped_query else heads
+        shapes.append(LayerShape(heads, kv_heads, in_features(layer.get_submodule(spec.mlp_out))))
     return shapes
 
 
 def unit_costs(layer: nn.Module, spec: ArchitectureSpec, head_dim: int, group_size: int) -> tuple[int, int]:
     """Prunable parameters freed by removing one attention unit (one head, or one key/value group under GQA) and by
     removing one MLP neuron of `layer`."""
-    o_col = _out_features(layer.get_submodule(spec.o))
+    o_col = out_features(layer.get_submodule(spec.o))
     if spec.qkv:
         row = _row_cost(layer.get_submodule(spec.qkv))
         q_row = k_row = v_row = row
@@ -64,7 +57,7 @@ def unit_costs(layer: nn.Module, spec: ArchitectureSpec, head_dim: int, group_si
         q_row, k_row, v_row = (_row_cost(layer.get_submodule(p)) for p in (spec.q, spec.k, spec.v))
     head = group_size * head_dim * (q_row + o_col) + head_dim * (k_row + v_row)
     neuron = sum(_row_cost(layer.get_submodule(p)) for p in spec.mlp_in)
-    neuron += _out_features(layer.get_submodule(spec.mlp_out))
+    neuron += out_features(layer.get_submodule(spec.mlp_out))
     return head, neuron
 
 

@@ -65,7 +65,13 @@ def resize_projection(module: nn.Module, side: str, index: torch.Tensor | int) -
         module.in_features = new_size
 
 
-def _out_features(module: nn.Module) -> int:
+def in_features(module: nn.Module) -> int:
+    """Input width of an `nn.Linear` or a `Conv1D` (whose weight is stored transposed)."""
+    return module.weight.shape[0] if isinstance(module, Conv1D) else module.weight.shape[1]
+
+
+def out_features(module: nn.Module) -> int:
+    """Output width of an `nn.Linear` or a `Conv1D`."""
     return module.weight.shape[1] if isinstance(module, Conv1D) else module.weight.shape[0]
 
 
@@ -143,7 +149,7 @@ def resize_block(
         width = _expand_heads(heads, head_dim)
         if spec.get("qkv"):
             fused = get_module(layer, spec["qkv"])
-            full = _out_features(fused) // 3
+            full = out_features(fused) // 3
             if isinstance(width, int):
                 width = torch.arange(width)
             resize_projection(fused, "out", torch.cat([width + i * full for i in range(3)]))
@@ -160,8 +166,8 @@ def resize_block(
             # module; otherwise (BERT) a zero-width context, which the outer projection maps to its bias
             inside = spec["o"].startswith(spec["attention"] + ".")
             o_path = spec["o"][len(spec["attention"]) + 1 :] if inside else None
-            out_features = _out_features(get_module(layer, spec["o"])) if inside else 0
-            set_module(layer, spec["attention"], EmptySublayer(attention, o_path, out_features, returns_tuple=True))
+            width_out = out_features(get_module(layer, spec["o"])) if inside else 0
+            set_module(layer, spec["attention"], EmptySublayer(attention, o_path, width_out, returns_tuple=True))
         else:
             _set_attention_attributes(attention, spec, n_heads, n_kv, head_dim)
     if neurons is not None:
@@ -174,7 +180,7 @@ def resize_block(
             # Conv1D cannot multiply a zero-width input; the whole MLP then reduces to its output bias
             mlp_path = spec["mlp_out"].rpartition(".")[0]
             out_proj = spec["mlp_out"].rpartition(".")[2]
-            empty = EmptySublayer(get_module(layer, mlp_path), out_proj, _out_features(down), returns_tuple=False)
+            empty = EmptySublayer(get_module(layer, mlp_path), out_proj, out_features(down), returns_tuple=False)
             set_module(layer, mlp_path, empty)
 
 

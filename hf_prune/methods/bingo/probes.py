@@ -20,6 +20,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ...architectures import transformer_blocks
 from ...gates import HEADS, NEURONS, UnitGate
+from ...modeling_hf_prune import out_features
 
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ class InitialWeights:
                 key, group = (HEADS, gated.index), gated.group_size
                 if spec.qkv:
                     fused = block.get_submodule(spec.qkv)
-                    part = (fused.weight.shape[1] if isinstance(fused, Conv1D) else fused.weight.shape[0]) // 3
+                    part = out_features(fused) // 3
                     projections = [(fused, 0, group), (fused, part, 1), (fused, 2 * part, 1)]
                 else:
                     projections = [
