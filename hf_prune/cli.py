@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -76,6 +75,7 @@ from hf_prune.data import (
     stratified_subsample,
 )
 from hf_prune.gates import gates_bypassed
+from hf_prune.latency import latency_stats
 from hf_prune.model_card import plot_kept_units
 from hf_prune.registry import get_method
 
@@ -538,36 +538,6 @@ def build_compute_metrics():
 
 
 @torch.no_grad()
-def measure_latency(model: torch.nn.Module, batch_size: int, seq_len: int, repeats: int, warmup: int) -> dict:
-    """Median wall time of `repeats` forward passes on a random batch (`eval`, `no_grad`), after `warmup` passes."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(1, model.config.vocab_size, (batch_size, seq_len), generator=generator).to(device)
-    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-
-    def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        model(**inputs)
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        model(**inputs)
-        synchronize()
-        times.append(time.perf_counter() - start)
-    model.train(was_training)
-    return {
-        "median_ms": 1000 * statistics.median(times),
-        "min_ms": 1000 * min(times),
-        "max_ms": 1000 * max(times),
-    }
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------------------------------
@@ -726,7 +696,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     latency_dense = None
     if measure:  # the model before finalize: every unit physically present; timed without the gate hooks
         with gates_bypassed(trainer.pruned_model) as dense:
-            latency_dense = measure_latency(dense, *latency_args)
+            latency_dense = latency_stats(dense, *latency_args)
 
     # 3. remove the pruned units (this script evaluates and times the model itself)
     logger.info("*** Finalize: remove the pruned units ***")
@@ -742,7 +712,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         trainer.log_metrics("test (pruned)", test_after)
     latency = None
     if measure:
-        latency = latency_report(latency_dense, measure_latency(model, *latency_args), *latency_args, model)
+        latency = latency_report(latency_dense, latency_stats(model, *latency_args), *latency_args, model)
 
     # 5. save, report, plot, push
     output_dir = training_args.output_dir

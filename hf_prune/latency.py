@@ -25,10 +25,10 @@ def synthetic_inputs(model: nn.Module, batch_size: int, seq_len: int) -> dict[st
 
 
 @torch.no_grad()
-def measure_latency(
+def latency_stats(
     model: nn.Module, batch_size: int = 8, seq_len: int = 128, repeats: int = 20, warmup: int = 3
-) -> float:
-    """Median forward time in milliseconds, in eval mode (the model's mode is restored)."""
+) -> dict[str, float]:
+    """Median, min and max forward time in milliseconds, in eval mode (the model's mode is restored)."""
     was_training = model.training
     model.eval()
     batch = synthetic_inputs(model, batch_size, seq_len)
@@ -42,4 +42,11 @@ def measure_latency(
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1000)
     model.train(was_training)
-    return statistics.median(times)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+
+
+def measure_latency(
+    model: nn.Module, batch_size: int = 8, seq_len: int = 128, repeats: int = 20, warmup: int = 3
+) -> float:
+    """Median forward time in milliseconds (see `latency_stats`)."""
+    return latency_stats(model, batch_size, seq_len, repeats, warmup)["median_ms"]
