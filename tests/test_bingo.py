@@ -21,15 +21,6 @@ from .tiny_models import FAMILIES, build, inputs, logits
 FAMILY = {f.name: f for f in FAMILIES}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and the CI machines are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _dataset(family, size=48, seed=0, length=8):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 99, (size, length), generator=g)

@@ -11,19 +11,18 @@ import yaml
 from .hub_server import Hub
 
 
+def run_against(hub: Hub, script: Path, workdir: Path) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh process whose Hub endpoint is `hub` (it must be set before huggingface_hub loads)."""
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_fake", "HF_HOME": str(workdir / "home")}
+    env.pop("HF_HUB_OFFLINE", None)
+    return subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, env=env, cwd=workdir, timeout=600
+    )
+
+
 def test_push_and_reload_round_trip(tmp_path):
     with Hub(tmp_path / "hub") as hub:
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_fake", "HF_HOME": str(tmp_path / "home")}
-        env.pop("HF_HUB_OFFLINE", None)
-        run = subprocess.run(
-            [sys.executable, str(Path(__file__).parent / "hub_roundtrip.py")],
-            check=False,
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=600,
-        )
+        run = run_against(hub, Path(__file__).parent / "hub_roundtrip.py", tmp_path)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
         report = json.loads(run.stdout.split("REPORT ", 1)[1])
 
@@ -73,17 +72,7 @@ def test_failed_push_leaves_the_local_folder_complete(tmp_path):
     )
     with Hub(tmp_path / "hub") as hub:
         hub.fail_commits = True
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_fake", "HF_HOME": str(tmp_path / "home")}
-        env.pop("HF_HUB_OFFLINE", None)
-        run = subprocess.run(
-            [sys.executable, str(script)],
-            check=False,
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=300,
-        )
+        run = run_against(hub, script, tmp_path)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
         assert "PUSH FAILED" in run.stdout
         assert hub.files("tester/refused") == []

@@ -18,14 +18,6 @@ from .tiny_models import FAMILIES, build, inputs, logits
 FAMILY = {f.name: f for f in FAMILIES}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_config_rejects_bad_start():
     with pytest.raises(ValueError, match=r"Invalid start="):
         TaylorConfig(start=1.0)
