@@ -99,7 +99,13 @@ def supported_model_types() -> list[str]:
 def get_architecture(model_or_config) -> ArchitectureSpec:
     """The spec of a model (or config); a clear `ValueError` for unsupported families."""
     config = getattr(model_or_config, "config", model_or_config)
-    model_type = getattr(config, "hf_prune_base_model_type", None) or getattr(config, "model_type", None)
+    return get_architecture_by_type(
+        getattr(config, "hf_prune_base_model_type", None) or getattr(config, "model_type", None)
+    )
+
+
+def get_architecture_by_type(model_type: str | None) -> ArchitectureSpec:
+    """The spec registered for `model_type`; a clear `ValueError` for unsupported families."""
     if model_type not in _ARCHITECTURES:
         raise ValueError(
             f"hf_prune does not support model_type={model_type!r}. Supported families: "

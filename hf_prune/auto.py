@@ -9,7 +9,7 @@ import transformers
 from transformers import PretrainedConfig
 from transformers.utils import cached_file
 
-from .architectures import get_architecture
+from .architectures import get_architecture, get_architecture_by_type
 from .configs import CONFIG_NAME, PruningConfig
 from .export import _export_class, generated_module
 
@@ -43,7 +43,7 @@ class AutoPrunedModel:
             raise ValueError(f"{pretrained_model_name_or_path} has no `architectures` entry in its config.json.")
         base_type = config_dict.get("hf_prune_base_model_type")
         if base_type is not None:
-            module = generated_module(get_architecture(transformers.AutoConfig.for_model(base_type)))
+            module = generated_module(get_architecture_by_type(base_type))
             model_class = getattr(module, architecture)
         else:
             model_class = getattr(transformers, architecture)

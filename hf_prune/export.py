@@ -26,6 +26,7 @@ from pathlib import Path
 import transformers
 from torch import nn
 from transformers.models.auto import modeling_auto
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from . import modeling_hf_prune
 from .accounting import forward_flops, layer_shapes, model_parameters, prunable_parameters
@@ -50,6 +51,11 @@ def pruned_model_type(spec: ArchitectureSpec) -> str:
     return f"hf_prune_{spec.model_type}"
 
 
+def _config_class_name(spec: ArchitectureSpec) -> str:
+    """The stock config class of the family (e.g. `"LlamaConfig"`), looked up without building a config."""
+    return CONFIG_MAPPING_NAMES[spec.model_type]
+
+
 def _family_classes(spec: ArchitectureSpec) -> dict[str, str]:
     """Auto class name -> stock model class name, for every task head of the family."""
     classes = {}
@@ -62,7 +68,7 @@ def _family_classes(spec: ArchitectureSpec) -> dict[str, str]:
 
 def modeling_source(spec: ArchitectureSpec) -> str:
     """The self-contained modeling file for one family: the runtime plus the generated class definitions."""
-    config_cls = type(transformers.AutoConfig.for_model(spec.model_type)).__name__
+    config_cls = _config_class_name(spec)
     classes = _family_classes(spec)
     lines = [
         "",
@@ -87,7 +93,7 @@ def modeling_source(spec: ArchitectureSpec) -> str:
 
 
 def _auto_map(spec: ArchitectureSpec) -> dict[str, str]:
-    config_cls = type(transformers.AutoConfig.for_model(spec.model_type)).__name__
+    config_cls = _config_class_name(spec)
     stem = MODELING_FILE[: -len(".py")]
     auto_map = {"AutoConfig": f"{stem}.HfPruned{config_cls}"}
     auto_map.update({auto: f"{stem}.HfPruned{stock}" for auto, stock in _family_classes(spec).items()})
@@ -113,7 +119,7 @@ def generated_module(spec: ArchitectureSpec):
 
 
 def _pruned_config_name(spec: ArchitectureSpec) -> str:
-    return "HfPruned" + type(transformers.AutoConfig.for_model(spec.model_type)).__name__
+    return "HfPruned" + _config_class_name(spec)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -225,7 +231,7 @@ def make_exportable(model: nn.Module) -> nn.Module:
     for key in _HF_PRUNE_KEYS:
         if hasattr(config, key):
             delattr(config, key)
-    stock_config_cls = type(transformers.AutoConfig.for_model(spec.model_type))
+    stock_config_cls = getattr(transformers, _config_class_name(spec))
     if stock:
         config.__class__ = stock_config_cls
         setattr(config, spec.neurons_key, shapes[0].neurons)
