@@ -81,9 +81,10 @@ def training_arguments(output_dir: str, epochs: float, seed: int, **overrides) -
     return PruningArguments(**{**defaults, **overrides})
 
 
-def run(name: str, splits, tokenizer, config, args: PruningArguments) -> dict:
-    """Fine-tune (and prune, when `config` is given) with the same budget; report test metrics of the final model."""
-    torch.manual_seed(args.seed)
+def train(config, splits, tokenizer, args: PruningArguments) -> tuple[Trainer, float]:
+    """Fine-tune the pretrained model on `splits["train"]` (with `config`'s gates, or a plain `Trainer` when it is
+    `None`); returns the trainer and the training wall time in seconds."""
+    transformers.set_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(pretrained_path(), num_labels=2)
     common = dict(
         model=model,
@@ -96,7 +97,30 @@ def run(name: str, splits, tokenizer, config, args: PruningArguments) -> dict:
     trainer = Trainer(**common) if config is None else PruningTrainer(pruning_config=config, **common)
     start = time.perf_counter()
     trainer.train()
-    train_seconds = time.perf_counter() - start
+    return trainer, time.perf_counter() - start
+
+
+def finalized_record(trainer: PruningTrainer) -> dict:
+    """Finalize the trained model (the method's own rule) and describe what was removed."""
+    model = trainer.finalize(evaluate=False, measure_latency=False)
+    result = hf_prune.export.pruning_result(model)
+    return dict(
+        sparsity=result["sparsity"],
+        parameters=result["after"]["parameters"],
+        parameters_before=result["before"]["parameters"],
+        flops_ratio=result["after"]["flops_per_sequence_128"] / result["before"]["flops_per_sequence_128"],
+        layers=result["after"]["layers"],
+    )
+
+
+def test_metrics(trainer: Trainer, splits) -> dict[str, float]:
+    test = trainer.predict(splits["test"]).metrics
+    return {"test_accuracy": test["test_accuracy"], "test_macro_f1": test["test_macro_f1"]}
+
+
+def run(name: str, splits, tokenizer, config, args: PruningArguments) -> dict:
+    """Fine-tune (and prune, when `config` is given) with the same budget; report test metrics of the final model."""
+    trainer, train_seconds = train(config, splits, tokenizer, args)
     record = {
         "name": name,
         "method": getattr(config, "method", "dense"),
@@ -106,22 +130,12 @@ def run(name: str, splits, tokenizer, config, args: PruningArguments) -> dict:
     }
     if config is not None:
         record["gated_validation"] = trainer.evaluate()["eval_accuracy"]
-        model = trainer.finalize(evaluate=False, measure_latency=False)
-        result = hf_prune.export.pruning_result(model)
-        record.update(
-            sparsity=result["sparsity"],
-            parameters=result["after"]["parameters"],
-            parameters_before=result["before"]["parameters"],
-            flops_ratio=result["after"]["flops_per_sequence_128"] / result["before"]["flops_per_sequence_128"],
-            layers=result["after"]["layers"],
-            config=config.to_dict(),
-        )
+        record.update(finalized_record(trainer), config=config.to_dict())
         if config.method == "bmrs":
             record["would_prune"] = {k: v for k, v in trainer.state.log_history[-1].items() if "would_prune" in k}
     else:
         record.update(sparsity=0.0, flops_ratio=1.0)
-    test = trainer.predict(splits["test"]).metrics
-    record.update(test_accuracy=test["test_accuracy"], test_macro_f1=test["test_macro_f1"])
+    record.update(test_metrics(trainer, splits))
     print(json.dumps({k: v for k, v in record.items() if k not in ("layers", "config")}), flush=True)
     return record
 

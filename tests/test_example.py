@@ -389,6 +389,18 @@ def test_stratified_split_is_seeded_and_keeps_proportions():
     assert len(stratified_subsample(data, 10, seed=0)) == 10 and stratified_subsample(data, None) is data
 
 
+def test_embedded_sentiment_splits_share_no_text():
+    """The corpus repeats some tweets (a few with both labels): each text is kept once, so no test tweet is trained on."""
+    from hf_prune.data import load_sentiment_dataset
+
+    splits = load_sentiment_dataset()
+    texts = {name: split["text"] for name, split in splits.items()}
+    assert all(len(set(t)) == len(t) for t in texts.values())
+    assert not set(texts["train"]) & set(texts["test"]) and not set(texts["train"]) & set(texts["validation"])
+    assert not set(texts["validation"]) & set(texts["test"])
+    assert splits["train"].features["label"].names == ["negative", "positive"]
+
+
 def test_local_files_and_label_encoding(tmp_path):
     from hf_prune.data import encode_labels, load_local_dataset
 
