@@ -31,6 +31,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow tests $(ARGS)
 
+## the benchmarks behind BENCHMARKS.md: hours on 2 CPU cores (each script's docstring has a one-minute smoke run)
+benchmarks: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/quality_benchmark.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/overhead_benchmark.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/speed_benchmark.py --repeats 7
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bmrs_benchmark.py --kl_weighting mean --variants BMRS_N
+
 quality: $(STAMP)
 	$(BIN)/ruff check hf_prune tests examples benchmarks
 	$(BIN)/ruff format --check hf_prune tests examples benchmarks
