@@ -285,11 +285,16 @@ def bmrs_points(rows: list[dict]) -> dict[str, float]:
     return points
 
 
+def _near(a: float, b: float) -> bool:
+    """Within one percentage point (rounded, so that 0.819 and 0.809 count as near)."""
+    return round(abs(a - b), 6) <= 0.01
+
+
 def evaluation_points(args, bmrs: dict[str, float]) -> list[float]:
     """30/50/70 % and the BMRS points, a BMRS point within one percentage point of another counted once."""
     points = sorted(args.sparsities)
     for value in sorted(bmrs.values()):
-        if value >= 0.01 and all(abs(value - p) >= 0.01 for p in points):
+        if value >= 0.01 and not any(_near(value, p) for p in points):
             points.append(value)
     return sorted(points)
 
@@ -376,7 +381,7 @@ def markdown(args, rows: list[dict], points: list[float], figure: str, raw: str)
     bmrs = bmrs_points(rows)
     header = []
     for p in points:
-        names = [n for n, v in bmrs.items() if abs(v - p) < 0.01]
+        names = [n for n, v in bmrs.items() if _near(v, p)]
         header.append(f"{100 * p:.1f} %" + (f" ({', '.join(names)} point)" if names else ""))
     for metric, title in (("test_accuracy", "test accuracy"), ("test_macro_f1", "test macro-F1")):
         lines += [
