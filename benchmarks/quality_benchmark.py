@@ -313,7 +313,7 @@ def plot(rows: list[dict], points: list[float], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharex=True)
     for ax, metric, label in zip(axes, ("test_accuracy", "test_macro_f1"), ("test accuracy (%)", "test macro-F1 (%)")):
         dense = [r[metric] for r in rows if r["method"] == "dense"]
         if dense:
@@ -337,9 +337,10 @@ def plot(rows: list[dict], points: list[float], path: Path) -> None:
         ax.set_xlabel("prunable parameters removed (%)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower left")
-    fig.suptitle("MiniLM-L6 on tweet sentiment: quality vs compression")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=9)
+    fig.suptitle("MiniLM-L6 on tweet sentiment: quality vs compression (mean ± sd over seeds)")
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
