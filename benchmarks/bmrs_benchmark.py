@@ -18,6 +18,7 @@ import json
 import tempfile
 
 from common import (
+    BMRS_VARIANTS,
     RESULTS,
     command,
     environment,
@@ -31,11 +32,7 @@ from common import (
 from hf_prune import BmrsConfig
 
 
-VARIANTS = {
-    "BMRS_N": {"variant": "normal"},
-    "BMRS_U-8": {"variant": "uniform", "p1": 8},
-    "BMRS_U-4": {"variant": "uniform", "p1": 4},
-}
+VARIANTS = BMRS_VARIANTS
 
 
 def main() -> None:

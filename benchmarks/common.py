@@ -25,6 +25,11 @@ from hf_prune.data import load_sentiment_dataset, stratified_subsample
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+BMRS_VARIANTS = {  # BmrsConfig arguments of the paper's three variants
+    "BMRS_N": {"variant": "normal"},
+    "BMRS_U-8": {"variant": "uniform", "p1": 8},
+    "BMRS_U-4": {"variant": "uniform", "p1": 4},
+}
 
 
 def pretrained_path() -> str:

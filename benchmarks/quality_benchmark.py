@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import transformers
 from common import (
+    BMRS_VARIANTS,
     ROOT,
     accuracy_metrics,
     environment,
@@ -50,18 +51,13 @@ from torch_pruning_peer import CRITERIA, prune_to_sparsity
 from transformers import DataCollatorWithPadding, Trainer
 
 import hf_prune
-from hf_prune.gates import HEADS, NEURONS, get_pruning_state, remove_gates
+from hf_prune.gates import HEADS, NEURONS, get_pruning_state, masks_applied, remove_gates
 from hf_prune.methods.bingo import search_max_prune
 from hf_prune.methods.random import RandomMethod
 from hf_prune.report import gated_summary
 from hf_prune.selection import select_to_sparsity
 
 
-BMRS_VARIANTS = {
-    "BMRS_N": {"variant": "normal"},
-    "BMRS_U-8": {"variant": "uniform", "p1": 8},
-    "BMRS_U-4": {"variant": "uniform", "p1": 4},
-}
 ONE_SHOT = ("bingo", "taylor", "magnitude", "random", *CRITERIA)
 RUNS = ("bmrs", "plain", "taylor", "bingo")
 MAX_NEURON_SPARSITY = 0.9
@@ -164,14 +160,7 @@ def fit(config, args: argparse.Namespace, splits, tokenizer, seed: int, workdir:
 
 def evaluate_masked(trainer, masks, splits) -> dict:
     """Test metrics, sparsity and FLOPs ratio of the gated model with the given keep-masks (restored after)."""
-    state = get_pruning_state(trainer.pruned_model)
-    saved = []
-    try:
-        for kind in (HEADS, NEURONS):
-            for gate, keep in zip(state.gates(kind), masks[kind]):
-                if gate is not None:
-                    saved.append((gate, gate.mask.clone()))
-                    gate.mask.copy_(keep.to(gate.mask.device))
+    with masks_applied(get_pruning_state(trainer.pruned_model), masks):
         summary = gated_summary(trainer.pruned_model)
         flops = "flops_per_sequence_128"
         return {
@@ -179,9 +168,6 @@ def evaluate_masked(trainer, masks, splits) -> dict:
             "flops_ratio": summary["after_projected"][flops] / summary["before"][flops],
             **test_metrics(trainer, splits),
         }
-    finally:
-        for gate, mask in saved:
-            gate.mask.copy_(mask)
 
 
 def row(method: str, seed: int, target: float | None, result: dict, **extra) -> dict:

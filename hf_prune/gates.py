@@ -198,6 +198,23 @@ def gates_bypassed(model: nn.Module):
         state.gate_hooks = fresh
 
 
+@contextlib.contextmanager
+def masks_applied(state: PruningState, masks: dict[str, list[torch.Tensor | None]]):
+    """Temporarily set the gates' keep-masks (per kind, per layer; `None` leaves a layer as it is), e.g. to evaluate
+    the model at another sparsity; the masks are restored on exit."""
+    saved = []
+    try:
+        for kind in (HEADS, NEURONS):
+            for gate, keep in zip(state.gates(kind), masks[kind]):
+                if gate is not None and keep is not None:
+                    saved.append((gate, gate.mask.clone()))
+                    gate.mask.copy_(keep.to(gate.mask.device))
+        yield state
+    finally:
+        for gate, mask in saved:
+            gate.mask.copy_(mask)
+
+
 def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Trainable parameters that belong to pruning gates."""
     return [p for n, p in model.named_parameters() if GATE_NAME in n and p.requires_grad]

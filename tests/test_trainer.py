@@ -174,3 +174,22 @@ def test_nan_gate_state_is_refused_at_finalize():
     hf_prune.gates.get_pruning_state(model).gates("neurons")[0].__class__ = BrokenGate
     with pytest.raises(ValueError, match="NaN/inf"):
         hf_prune.finalize_model(model)
+
+
+def test_masks_applied_evaluates_another_sparsity_and_restores():
+    from hf_prune.gates import HEADS, NEURONS, get_pruning_state, masks_applied
+    from hf_prune.surgery import prune_structures
+
+    family = next(f for f in FAMILIES if f.name == "bert")
+    model = build(family).eval()
+    batch = inputs(family)
+    reference = prune_structures(build(family).eval(), heads={0: [1, 2]}, neurons={1: [0, 5, 7]})
+    hf_prune.prepare_model_for_pruning(model, MagnitudeConfig())
+    state = get_pruning_state(model)
+    masks = {kind: [None if m is None else torch.ones_like(m) for m in state.masks(kind)] for kind in (HEADS, NEURONS)}
+    masks[HEADS][0][[1, 2]] = False
+    masks[NEURONS][1][[0, 5, 7]] = False
+    with masks_applied(state, masks):
+        assert int((~state.masks(HEADS)[0]).sum()) == 2
+        torch.testing.assert_close(logits(model, batch), logits(reference, batch), rtol=0, atol=1e-5)
+    assert all(bool(m.all()) for kind in (HEADS, NEURONS) for m in state.masks(kind) if m is not None)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ...gates import HEADS, NEURONS, PruningState, get_pruning_state
+from ...gates import HEADS, NEURONS, PruningState, get_pruning_state, masks_applied
 from ...selection import select_to_sparsity
 from .probes import preserved_modes
 
@@ -82,24 +82,14 @@ def evaluate_masks(trainer, state: PruningState, masks: Masks, key: str) -> floa
         )
     if isinstance(dataset, dict):
         raise ValueError("The metric search needs a single `eval_dataset`, not a dict of evaluation sets.")
-    saved = []
     model = trainer.accelerator.unwrap_model(trainer.model)
-    try:
-        for kind in (HEADS, NEURONS):
-            for gate, keep in zip(state.gates(kind), masks[kind]):
-                if gate is not None:
-                    saved.append((gate, gate.mask.clone()))
-                    gate.mask.copy_(keep.to(gate.mask.device))
-        with preserved_modes(model):
-            output = trainer.evaluation_loop(
-                trainer.get_eval_dataloader(dataset),
-                description="Pruning search",
-                prediction_loss_only=True if trainer.compute_metrics is None else None,
-                metric_key_prefix="eval",
-            )
-    finally:
-        for gate, mask in saved:
-            gate.mask.copy_(mask)
+    with masks_applied(state, masks), preserved_modes(model):
+        output = trainer.evaluation_loop(
+            trainer.get_eval_dataloader(dataset),
+            description="Pruning search",
+            prediction_loss_only=True if trainer.compute_metrics is None else None,
+            metric_key_prefix="eval",
+        )
     if key not in output.metrics:
         raise ValueError(
             f"The evaluation returned no {key!r} (it returned {sorted(output.metrics)}): set "
