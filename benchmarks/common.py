@@ -157,16 +157,17 @@ def command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
 
 
-def write_section(key: str, markdown: str) -> None:
-    """Replace (or append) the section between `<!-- key:start -->` and `<!-- key:end -->` in BENCHMARKS.md."""
+def write_section(key: str, markdown: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the section between `<!-- key:start -->` and `<!-- key:end -->` in `path`
+    (default: the repository's BENCHMARKS.md)."""
     start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
     block = f"{start}\n{markdown.rstrip()}\n{end}"
     if start in text:
         text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS_MD.write_text(text)
+    path.write_text(text)
 
 
 def save_json(name: str, data) -> Path:

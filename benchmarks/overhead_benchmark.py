@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "overhead.json"))
-    parser.add_argument("--output_md", default=None, help="default: the repository's BENCHMARKS.md")
+    parser.add_argument("--output_md", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -138,11 +138,7 @@ def main() -> None:
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2) + "\n")
     markdown = "\n".join(lines)
-    if args.output_md:
-        import common
-
-        common.BENCHMARKS_MD = Path(args.output_md)
-    write_section("overhead", markdown)
+    write_section("overhead", markdown, Path(args.output_md))
     print(markdown)
 
 

@@ -28,6 +28,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import shlex
 import statistics
 import tempfile
@@ -46,6 +47,7 @@ from common import (
     test_metrics,
     train,
     training_arguments,
+    write_section,
 )
 from torch_pruning_peer import CRITERIA, prune_to_sparsity
 from transformers import DataCollatorWithPadding, Trainer
@@ -69,7 +71,6 @@ TITLES = {
     "torch_pruning_l2": "Torch-Pruning, group L2",
     "torch_pruning_taylor": "Torch-Pruning, group Taylor",
 }
-START, END = "<!-- quality:start -->", "<!-- quality:end -->"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -416,17 +417,6 @@ def markdown(args, rows: list[dict], points: list[float], figure: str, raw: str)
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    if START in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -474,13 +464,9 @@ def main(argv: list[str] | None = None) -> None:
     raw = results / "quality.json"
     raw.write_text(json.dumps({"args": vars(args), "points": points, "rows": rows}, indent=2) + "\n")
     output = Path(args.output_md)
-    relative = lambda p: Path(p).resolve().relative_to(output.resolve().parent).as_posix()  # noqa: E731
-    try:
-        figure_ref, raw_ref = relative(figure), relative(raw)
-    except ValueError:
-        figure_ref, raw_ref = str(figure), str(raw)
+    figure_ref, raw_ref = (Path(os.path.relpath(p, output.resolve().parent)).as_posix() for p in (figure, raw))
     section = markdown(args, rows, points, figure_ref, raw_ref)
-    write_section(output, section)
+    write_section("quality", section, output)
     print(section)
 
 

@@ -11,22 +11,25 @@ import torch
 import hf_prune
 
 
+def torchrun(world: int, tmp_path: Path, mode: str, timeout: int) -> None:
+    """Run `ddp_train.py <tmp_path> <mode>` on `world` local processes; fail with its output if it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    script = Path(__file__).parent / "ddp_train.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)]
+    run = subprocess.run(
+        [*command, str(script), str(tmp_path), mode],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+
+
 def test_two_process_training_makes_identical_decisions(tmp_path):
     methods = hf_prune.available_methods()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(Path(__file__).parent / "ddp_train.py"),
-        str(tmp_path),
-        ",".join(methods),
-    ]
-    run = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    torchrun(2, tmp_path, ",".join(methods), timeout=900)
     report = json.loads((tmp_path / "report.json").read_text())
     assert sorted(report) == methods
     for method, ranks in report.items():
@@ -43,21 +46,8 @@ def test_two_process_training_makes_identical_decisions(tmp_path):
 def test_loss_scaling_does_not_depend_on_the_process_count(tmp_path):
     """Task loss and the BMRS KL term: the same averaged gradients on 1 and on 2 processes, with and without
     `average_tokens_across_devices`."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for world in (1, 2):
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(world),
-            str(Path(__file__).parent / "ddp_train.py"),
-            str(tmp_path),
-            "gradients",
-        ]
-        run = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=600)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+        torchrun(world, tmp_path, "gradients", timeout=600)
     for average in (0, 1):
         single = torch.load(tmp_path / f"grads_world1_avg{average}.pt")
         double = torch.load(tmp_path / f"grads_world2_avg{average}.pt")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import hf_prune
-from hf_prune import MagnitudeConfig, PruningArguments, PruningTrainer
+from hf_prune import MagnitudeConfig, PruningTrainer
 
-from .test_trainer import dataset
+from .test_trainer import arguments, dataset
 from .tiny_models import FAMILIES, build, method_config
 
 
@@ -21,16 +21,13 @@ def digest(model) -> str:
 
 def run(tmp_path, name, config, resume=None, max_steps=6):
     family = FAMILIES[0]
-    args = PruningArguments(
+    args = arguments(
+        tmp_path,
         output_dir=str(tmp_path / name),
         max_steps=max_steps,
         per_device_train_batch_size=4,
         save_steps=3,
         logging_steps=1,
-        use_cpu=True,
-        report_to=[],
-        seed=0,
-        learning_rate=1e-3,
         gate_learning_rate=1e-2,
     )
     trainer = PruningTrainer(model=build(family), args=args, pruning_config=config, train_dataset=dataset(family, 64))
