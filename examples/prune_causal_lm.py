@@ -65,8 +65,8 @@ from hf_prune.registry import available_methods, get_method  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-# where a method has these fields: prune 30 %, then let BINGO's one-shot removal recover for 100 micro-batches
-EXAMPLE_METHOD_DEFAULTS = {"target_sparsity": 0.3, "recovery_steps": 100}
+# where a method has these fields: prune 30 % on the default schedule (the last steps fine-tune the pruned model)
+EXAMPLE_METHOD_DEFAULTS = {"target_sparsity": 0.3}
 
 
 @dataclass

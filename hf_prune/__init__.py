@@ -5,7 +5,7 @@ __version__ = "0.1.0.dev0"
 from .architectures import ArchitectureSpec, get_architecture, register_architecture, supported_model_types
 from .auto import AutoPrunedModel
 from .callbacks import PruningScheduleCallback
-from .configs import OneShotConfig, PruningConfig
+from .configs import PruningConfig, TargetConfig
 from .finalize import finalize_model
 from .gates import UnitGate, prepare_model_for_pruning
 from .methods import BingoConfig, BmrsConfig, MagnitudeConfig, PruningMethod, RandomConfig, TaylorConfig
@@ -21,7 +21,7 @@ __all__ = [
     "BingoConfig",
     "BmrsConfig",
     "MagnitudeConfig",
-    "OneShotConfig",
+    "TargetConfig",
     "PruningArguments",
     "PruningConfig",
     "PruningMethod",

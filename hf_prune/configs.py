@@ -99,19 +99,59 @@ class PruningConfig:
             return cls.from_dict(json.load(f))
 
 
+SCHEDULES = ("cubic", "one_shot", "final")
+
+
 @dataclass
-class OneShotConfig(PruningConfig):
-    """Base of methods that score units during training and prune once, at its end, to a target sparsity.
+class TargetConfig(PruningConfig):
+    """Base of methods that prune to a target sparsity by ranking units (BINGO, Taylor, magnitude, random).
+
+    The schedule says when units go. Masks are monotone (a removed unit never comes back) and act on the gates inside
+    the same `Trainer` run, so the steps after `prune_end` fine-tune the pruned model with the run's own optimizer,
+    learning-rate schedule, gradient accumulation, processes, mixed precision, checkpoints and logging.
 
     Args:
         target_sparsity (`float`, defaults to `0.5`): fraction of prunable parameters to remove, in [0, 1).
+        schedule (`str`, defaults to `"cubic"`): `"cubic"`: gradual pruning between `prune_start` and `prune_end`
+            along s(t) = s_f · (1 − (1 − (t − t0) / (t1 − t0))³) (Zhu & Gupta, 2017), one pruning event every
+            `prune_interval` optimizer steps; `"one_shot"`: a single event at `prune_end`; `"final"`: one shot after
+            training, at finalize, with no steps left to recover (the setting of the BINGO paper).
+        prune_start (`float`, defaults to `0.2`): fraction of the optimizer steps before the first pruning event.
+        prune_end (`float`, defaults to `0.7`): fraction of the optimizer steps at which the target is reached; the
+            remaining steps fine-tune the pruned model.
+        prune_interval (`int`, *optional*): optimizer steps between the events of the cubic schedule (default: ten
+            events between `prune_start` and `prune_end`).
     """
 
     target_sparsity: float = field(default=0.5, metadata={"help": "Fraction of prunable parameters to remove."})
+    schedule: str = field(
+        default="cubic", metadata={"help": f"When units are removed: one of {', '.join(SCHEDULES)}."}
+    )
+    prune_start: float = field(default=0.2, metadata={"help": "Fraction of training before the first removal."})
+    prune_end: float = field(default=0.7, metadata={"help": "Fraction of training at which the target is reached."})
+    prune_interval: int | None = field(
+        default=None, metadata={"help": "Optimizer steps between cubic-schedule events (default: ten events)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
         _require(0.0 <= self.target_sparsity < 1.0, "target_sparsity", self.target_sparsity, "use a value in [0, 1)")
+        _require(self.schedule in SCHEDULES, "schedule", self.schedule, f"use one of {', '.join(SCHEDULES)}")
+        _require(
+            0.0 <= self.prune_start < 1.0, "prune_start", self.prune_start, "use a fraction of training in [0, 1)"
+        )
+        _require(
+            self.prune_start < self.prune_end <= 1.0,
+            "prune_end",
+            self.prune_end,
+            f"use a fraction of training in (prune_start={self.prune_start}, 1]",
+        )
+        _require(
+            self.prune_interval is None or (isinstance(self.prune_interval, int) and self.prune_interval >= 1),
+            "prune_interval",
+            self.prune_interval,
+            "use a positive number of optimizer steps, or None for ten events",
+        )
 
 
 def to_json(data: dict) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -13,38 +14,36 @@ from .architectures import transformer_blocks
 from .gates import HEADS, NEURONS, PruningState
 
 
+if TYPE_CHECKING:
+    from .configs import PruningConfig
+
+
 logger = logging.getLogger(__name__)
 
 
+Masks = dict[str, list[torch.Tensor | None]]
+
+
 def select_to_sparsity(
-    model: nn.Module, state: PruningState, scores: dict[str, list[torch.Tensor | None]], target_sparsity: float
-) -> dict[str, list[torch.Tensor | None]]:
+    model: nn.Module, state: PruningState, scores: Masks, target_sparsity: float, config: PruningConfig | None = None
+) -> Masks:
     """Keep-masks that remove `target_sparsity` of the prunable parameters, lowest score per unit first.
 
-    Units already masked stay pruned and count towards the target. The config's guard rails apply
-    (`min_heads_per_layer`, `min_neurons_per_layer`, `neuron_multiple`), and with `uniform_layers` every layer ends
-    with the same counts. The result is within about one unit's size of the target.
+    Units already masked stay pruned and count towards the target, so calling this with a growing target gives
+    monotone masks. The guard rails of `config` (default: the model's pruning config) apply, see
+    `enforce_structure`. The result is within about one unit's size of the target.
     """
-    config = state.config
-    kinds = [k for k in (HEADS, NEURONS) if any(g is not None for g in state.gates(k))]
-    if config.uniform_layers and HEADS in kinds and not state.spec.can_express_heads:
-        logger.warning(
-            "uniform_layers: the %s config ties head size to hidden size, so a uniform head count cannot be "
-            "written in it; keeping every head and reaching the target with MLP neurons.",
-            state.spec.model_type,
-        )
-        kinds.remove(HEADS)
+    config = config or state.config
+    kinds = structured_kinds(state, config)
     for kind in kinds:
         for layer, s in enumerate(scores[kind]):
             if s is not None and not torch.isfinite(s).all():
                 raise ValueError(f"non-finite pruning scores for {kind} in layer {layer}: the gate state is NaN/inf")
 
     costs = unit_costs_by_layer(model, state)
-    minimum = {
-        HEADS: math.ceil(config.min_heads_per_layer / state.layers[0].group_size),
-        NEURONS: config.min_neurons_per_layer,
-    }
-    keep = {k: [m.clone() if m is not None else None for m in state.masks(k)] for k in (HEADS, NEURONS)}
+    minimum = minimum_units(state, config)
+    previous = current_masks(state)
+    keep = current_masks(state)
     budget = target_sparsity * prunable_parameters(model, state.spec)
     spent = sum(
         costs[k][i] * int((~m).sum()) for k in (HEADS, NEURONS) for i, m in enumerate(keep[k]) if m is not None
@@ -62,12 +61,71 @@ def select_to_sparsity(
             continue
         mask[unit] = False
         spent += cost
+    return enforce_structure(state, keep, scores, previous, config)
 
+
+def enforce_structure(
+    state: PruningState, keep: Masks, scores: Masks, previous: Masks | None = None, config: PruningConfig | None = None
+) -> Masks:
+    """Apply the config's guard rails to proposed keep-masks, never bringing back a unit `previous` had removed.
+
+    In order: `min_heads_per_layer` / `min_neurons_per_layer` (a layer below its floor gets back its newly removed
+    units with the highest scores), `uniform_layers` (every layer removes the average count, its lowest-scored
+    units), `neuron_multiple` (kept neurons rounded up to a multiple by restoring the best-scored newly removed
+    neurons, or down when too few can be restored). Higher score = more worth keeping. Returns new masks.
+    """
+    config = config or state.config
+    previous = previous or {k: [None] * len(keep[k]) for k in (HEADS, NEURONS)}
+    keep = {k: [None if m is None else m.clone().cpu() for m in keep[k]] for k in (HEADS, NEURONS)}
+    kinds = structured_kinds(state, config)
+    minimum = minimum_units(state, config)
+    for kind in (HEADS, NEURONS):
+        for i, mask in enumerate(keep[kind]):
+            if mask is None:
+                continue
+            before = _previous(previous[kind][i], mask)
+            if kind not in kinds:  # uniform layers whose stock config cannot express a head count keep all heads
+                mask.copy_(before)
+                continue
+            missing = min(minimum[kind], int(before.sum())) - int(mask.sum())
+            if missing > 0:
+                _restore_best(mask, before, scores[kind][i], missing)
     if config.uniform_layers:
-        keep = _make_uniform(keep, scores, kinds, minimum)
+        for kind in kinds:
+            _make_uniform(
+                keep[kind], [_previous(p, m) for p, m in zip(previous[kind], keep[kind])], scores[kind], minimum[kind]
+            )
     if config.neuron_multiple > 1:
-        _round_neurons(keep[NEURONS], scores[NEURONS], config.neuron_multiple)
+        for i, mask in enumerate(keep[NEURONS]):
+            if mask is not None:
+                _round(mask, _previous(previous[NEURONS][i], mask), scores[NEURONS][i], config.neuron_multiple)
     return keep
+
+
+def structured_kinds(state: PruningState, config: PruningConfig) -> list[str]:
+    """The gated unit kinds the config lets a selection remove."""
+    kinds = [k for k in (HEADS, NEURONS) if any(g is not None for g in state.gates(k))]
+    if config.uniform_layers and HEADS in kinds and not state.spec.can_express_heads:
+        logger.warning(
+            "uniform_layers: the %s config ties head size to hidden size, so a uniform head count cannot be "
+            "written in it; keeping every head and reaching the target with MLP neurons.",
+            state.spec.model_type,
+        )
+        kinds.remove(HEADS)
+    return kinds
+
+
+def minimum_units(state: PruningState, config: PruningConfig) -> dict[str, int]:
+    """The floors of the config, in units (a head unit is a key/value group under grouped-query attention)."""
+    return {
+        HEADS: math.ceil(config.min_heads_per_layer / state.layers[0].group_size),
+        NEURONS: config.min_neurons_per_layer,
+    }
+
+
+def current_masks(state: PruningState) -> Masks:
+    """A CPU copy of the gates' keep-masks."""
+    return {k: [None if m is None else m.detach().clone().cpu() for m in state.masks(k)] for k in (HEADS, NEURONS)}
 
 
 def unit_costs_by_layer(model: nn.Module, state: PruningState) -> dict[str, list[int]]:
@@ -80,28 +138,46 @@ def unit_costs_by_layer(model: nn.Module, state: PruningState) -> dict[str, list
     return costs
 
 
-def _make_uniform(keep, scores, kinds, minimum):
-    """Same number of pruned units in every layer (the global average), chosen by each layer's lowest scores."""
-    result = {k: [m.clone() if m is not None else None for m in keep[k]] for k in (HEADS, NEURONS)}
-    for kind in kinds:
-        masks = keep[kind]
-        size = masks[0].numel()
-        pruned = round(sum(int((~m).sum()) for m in masks) / len(masks))
-        pruned = min(pruned, size - max(minimum[kind], 1))  # a stock config needs at least one unit per layer
-        for i, layer_scores in enumerate(scores[kind]):
-            mask = torch.ones(size, dtype=torch.bool)
-            mask[torch.argsort(layer_scores, stable=True)[:pruned]] = False
-            result[kind][i] = mask
-    return result
+def _previous(previous: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(like) if previous is None else previous.to(like.device)
 
 
-def _round_neurons(masks: list[torch.Tensor | None], scores: list[torch.Tensor | None], multiple: int) -> None:
-    """Restore the best-scored pruned neurons until each layer's kept count is a multiple of `multiple`."""
-    for mask, layer_scores in zip(masks, scores):
-        if mask is None:
-            continue
-        missing = (-int(mask.sum())) % multiple
-        if missing:
-            candidates = (~mask).nonzero().flatten()
-            best = candidates[torch.argsort(layer_scores[candidates], descending=True, stable=True)[:missing]]
-            mask[best] = True
+def _order(scores: torch.Tensor, candidates: torch.Tensor, descending: bool) -> torch.Tensor:
+    """The indices of `candidates` (a boolean mask), sorted by score."""
+    index = candidates.nonzero().flatten()
+    return index[torch.argsort(scores.cpu()[index], descending=descending, stable=True)]
+
+
+def _restore_best(mask: torch.Tensor, before: torch.Tensor, scores: torch.Tensor, count: int) -> None:
+    """Bring back the `count` best-scored units that `mask` removes and `before` kept."""
+    mask[_order(scores, before & ~mask, descending=True)[:count]] = True
+
+
+def _make_uniform(masks: list, previous: list, scores: list, minimum: int) -> None:
+    """Same number of pruned units in every layer (the average), each layer's lowest-scored ones; units removed
+    before stay removed."""
+    gated = [i for i, m in enumerate(masks) if m is not None]
+    if not gated:
+        return
+    size = masks[gated[0]].numel()
+    pruned = round(sum(int((~masks[i]).sum()) for i in gated) / len(gated))
+    pruned = min(pruned, size - max(minimum, 1))  # a stock config needs at least one unit per layer
+    pruned = max(pruned, max(int((~previous[i]).sum()) for i in gated))
+    for i in gated:
+        order = torch.cat([(~previous[i]).nonzero().flatten(), _order(scores[i], previous[i], descending=False)])
+        masks[i].fill_(True)
+        masks[i][order[:pruned]] = False
+
+
+def _round(mask: torch.Tensor, before: torch.Tensor, scores: torch.Tensor, multiple: int) -> None:
+    """Make the kept count a multiple of `multiple`: restore the best newly removed units, or, when too few were
+    newly removed, remove the lowest-scored kept ones."""
+    missing = (-int(mask.sum())) % multiple
+    if not missing:
+        return
+    restorable = before & ~mask
+    if int(restorable.sum()) >= missing:
+        _restore_best(mask, before, scores, missing)
+    else:
+        extra = multiple - missing
+        mask[_order(scores, mask, descending=False)[:extra]] = False

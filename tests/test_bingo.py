@@ -67,7 +67,7 @@ def _method(model):
         ("max_metric_drop", 0.0),
         ("search_max_sparsity", 1.0),
         ("max_layer_neuron_sparsity", 0.0),
-        ("recovery_steps", -1),
+        ("schedule", "linear"),
         ("ema_decay", 1.0),
     ],
 )
@@ -77,7 +77,9 @@ def test_config_rejects_bad_values(field, value):
 
 
 def test_config_round_trip(tmp_path):
-    config = BingoConfig(target_sparsity=0.3, estimator="ridge", max_metric_drop=0.02, probe_interval=2)
+    config = BingoConfig(
+        target_sparsity=0.3, estimator="ridge", max_metric_drop=0.02, probe_interval=2, schedule="final"
+    )
     config.save_pretrained(tmp_path)
     assert hf_prune.PruningConfig.from_pretrained(tmp_path) == config
 
@@ -85,7 +87,10 @@ def test_config_round_trip(tmp_path):
 # -- probes do not change training -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "family_name, options",
-    [("bert", {}), ("gpt2", {"perturbation": "reset", "signal": "accuracy_abs", "estimator": "ema"})],
+    [
+        ("bert", {"schedule": "final"}),
+        ("gpt2", {"perturbation": "reset", "signal": "accuracy_abs", "estimator": "ema", "schedule": "final"}),
+    ],
     ids=["bert-zero-loss", "gpt2-reset-accuracy"],
 )
 def test_probes_do_not_change_training(family_name, options, tmp_path):
@@ -237,11 +242,11 @@ def test_ema_is_the_papers_update_with_the_sign_fixed():
 @pytest.mark.parametrize(
     "family_name, options",
     [
-        ("bert", {}),
-        ("llama", {"estimator": "ridge", "recovery_steps": 2}),
-        ("gpt2", {"estimator": "difference_of_means"}),
+        ("bert", {"schedule": "final"}),
+        ("llama", {"estimator": "ridge", "schedule": "cubic", "prune_start": 0.25, "prune_end": 0.75}),
+        ("gpt2", {"estimator": "difference_of_means", "schedule": "one_shot"}),
     ],
-    ids=["bert-control_variate", "llama-ridge-recovery", "gpt2-difference_of_means"],
+    ids=["bert-control_variate-final", "llama-ridge-cubic", "gpt2-difference_of_means-one_shot"],
 )
 def test_target_sparsity_end_to_end_and_reload(family_name, options, tmp_path):
     family = FAMILY[family_name]
@@ -259,7 +264,6 @@ def test_target_sparsity_end_to_end_and_reload(family_name, options, tmp_path):
     removed = total - prunable_parameters(model, spec)
     print(f"{family_name}: removed {removed / total:.4f} of {total} prunable parameters (one unit: {largest_unit})")
     assert abs(removed - 0.5 * total) <= largest_unit
-    assert len(method.recovery_losses) == options.get("recovery_steps", 0)
     batch = inputs(family)
     expected = logits(model.eval(), batch)
     model.save_pretrained(tmp_path / "pruned")
@@ -295,7 +299,7 @@ def test_max_metric_drop_uses_the_eval_split_and_stops_at_the_tolerance(tmp_path
         for r, n in ((range(64), "train"), (range(64, 96), "val"), (range(96, 128), "test"))
     )
     model = build(FAMILY["llama"])
-    config = BingoConfig(max_metric_drop=0.02, search_step=0.05, probe_interval=1, probe_start=0.0)
+    config = BingoConfig(max_metric_drop=0.02, search_step=0.05, probe_interval=1, schedule="final")
     trainer = _trainer(
         model, config, tmp_path, steps=24, train_dataset=train, eval_dataset=val, args={"learning_rate": 1e-2}
     )

@@ -81,7 +81,7 @@ def test_taylor_end_to_end(family_name, normalize, tmp_path):
     model = build(family)
     trainer = _trainer(
         model,
-        TaylorConfig(target_sparsity=0.4, normalize_layers=normalize),
+        TaylorConfig(target_sparsity=0.4, normalize_layers=normalize, schedule="final", time_weighting="none"),
         tmp_path,
         steps=4,
         train_dataset=_dataset(family),
@@ -108,7 +108,7 @@ def test_metric_search_works_for_taylor_too(tmp_path):
     model = build(FAMILY["llama"])
     trainer = _trainer(
         model,
-        TaylorConfig(),
+        TaylorConfig(schedule="final"),
         tmp_path,
         steps=16,
         train_dataset=data.select(range(64)),

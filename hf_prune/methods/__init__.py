@@ -1,6 +1,6 @@
 """Pruning methods. Each module registers its config and method class on import."""
 
-from .base import OneShotMethod, PruningMethod
+from .base import PruningMethod, TargetMethod
 from .bingo import BingoConfig, BingoMethod
 from .bmrs import BmrsConfig, BmrsMethod
 from .magnitude import MagnitudeConfig, MagnitudeMethod
@@ -15,7 +15,7 @@ __all__ = [
     "BmrsMethod",
     "MagnitudeConfig",
     "MagnitudeMethod",
-    "OneShotMethod",
+    "TargetMethod",
     "PruningMethod",
     "RandomConfig",
     "RandomMethod",

@@ -12,7 +12,7 @@ from ..selection import select_to_sparsity
 
 
 if TYPE_CHECKING:
-    from ..configs import OneShotConfig, PruningConfig
+    from ..configs import PruningConfig, TargetConfig
     from ..gates import PruningState
 
 
@@ -78,14 +78,52 @@ class PruningMethod:
         return {}
 
 
-class OneShotMethod(PruningMethod):
-    """A method that scores units and prunes once, to `target_sparsity`, by a global ranking."""
+class TargetMethod(PruningMethod):
+    """A method that ranks units and prunes to `target_sparsity` on the config's schedule.
 
-    config: OneShotConfig
+    A subclass supplies `scores` (or overrides `select`). With the `"cubic"` and `"one_shot"` schedules the masks
+    tighten at the scheduled optimizer steps, inside training; with `"final"` the whole target is taken at finalize.
+    """
+
+    config: TargetConfig
 
     def scores(self) -> dict[str, list[torch.Tensor | None]]:
         """Per kind, per layer: a score per unit; lower scores are pruned first."""
         raise NotImplementedError
 
+    def select(self, sparsity: float) -> dict[str, list[torch.Tensor | None]]:
+        """Keep-masks removing `sparsity` of the prunable parameters, the units masked so far included, with the
+        config's guard rails."""
+        return select_to_sparsity(self.model, self.state, self.scores(), sparsity)
+
+    def scheduled_sparsity(self, step: int, max_steps: int) -> float | None:
+        """The sparsity the schedule asks for after optimizer step `step`, or `None` when no event is due then."""
+        config = self.config
+        if config.schedule == "final" or max_steps <= 0:
+            return None
+        end = max(1, round(config.prune_end * max_steps))
+        if config.schedule == "one_shot":
+            return config.target_sparsity if step == end else None
+        start = min(round(config.prune_start * max_steps), end - 1)
+        interval = config.prune_interval or max(1, (end - start) // 10)
+        if step <= start or step > end or ((step - start) % interval and step != end):
+            return None
+        progress = (step - start) / (end - start)
+        return config.target_sparsity * (1.0 - (1.0 - progress) ** 3)
+
+    def on_optimizer_step(self, global_step: int, max_steps: int) -> None:
+        sparsity = self.scheduled_sparsity(global_step, max_steps)
+        if sparsity is not None:
+            self.apply_masks(self.select(sparsity))
+
+    @torch.no_grad()
+    def apply_masks(self, masks: dict[str, list[torch.Tensor | None]]) -> None:
+        """Tighten the gates' keep-masks (a unit removed once stays removed)."""
+        for kind in (HEADS, NEURONS):
+            for gate, keep in zip(self.state.gates(kind), masks[kind]):
+                if gate is not None and keep is not None:
+                    gate.mask &= keep.to(gate.mask.device)
+
     def keep_masks(self) -> dict[str, list[torch.Tensor | None]]:
-        return select_to_sparsity(self.model, self.state, self.scores(), self.config.target_sparsity)
+        """The target, reached from the masks the schedule has set so far (all of it for `"final"`)."""
+        return self.select(self.config.target_sparsity)

@@ -9,15 +9,15 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..architectures import ArchitectureSpec, transformer_blocks
-from ..configs import OneShotConfig
+from ..configs import TargetConfig
 from ..gates import HEADS, NEURONS
 from ..registry import register_method
-from .base import OneShotMethod
+from .base import TargetMethod
 
 
 @dataclass
-class MagnitudeConfig(OneShotConfig):
-    """Prune the heads and neurons with the smallest weights, one-shot at the end of training.
+class MagnitudeConfig(TargetConfig):
+    """Prune the heads and neurons with the smallest weights, on the target schedule (see `TargetConfig`).
 
     A unit's weights are every weight it owns: a head's query/key/value rows and output-projection columns (its whole
     key/value group under grouped-query attention), a neuron's up/gate rows and down-projection column. Units are
@@ -50,7 +50,7 @@ def _neuron_scores(layer: nn.Module, spec: ArchitectureSpec) -> torch.Tensor:
     return torch.cat(parts, dim=1).pow(2).mean(dim=1)
 
 
-class MagnitudeMethod(OneShotMethod):
+class MagnitudeMethod(TargetMethod):
     title = "magnitude pruning (baseline: smallest mean-square weight per unit)"
 
     def scores(self) -> dict[str, list[torch.Tensor | None]]:

@@ -6,21 +6,21 @@ from dataclasses import dataclass
 
 import torch
 
-from ..configs import OneShotConfig
+from ..configs import TargetConfig
 from ..gates import HEADS, NEURONS
 from ..registry import register_method
-from .base import OneShotMethod
+from .base import TargetMethod
 
 
 @dataclass
-class RandomConfig(OneShotConfig):
-    """Prune random heads and neurons, one-shot at the end of training, to `target_sparsity` of the prunable
+class RandomConfig(TargetConfig):
+    """Prune random heads and neurons, on the target schedule (see `TargetConfig`), to `target_sparsity` of the prunable
     parameters. A baseline: any useful method must beat it."""
 
     method = "random"
 
 
-class RandomMethod(OneShotMethod):
+class RandomMethod(TargetMethod):
     title = "random pruning (baseline)"
 
     def scores(self) -> dict[str, list[torch.Tensor | None]]:

@@ -1,5 +1,5 @@
 """Taylor importance (Michel, Levy & Neubig, 2019, "Are Sixteen Heads Really Better than One?"): a baseline that
-removes the units whose gate gradient is smallest, one-shot at the end of training.
+removes the units whose gate gradient is smallest, to a target sparsity on the target schedule.
 
 The gradient of the loss with respect to a unit's gate (a multiplier fixed at 1) is the first-order prediction of
 what removing the unit does to the loss. It comes almost for free from the ordinary training backward pass: with
@@ -21,11 +21,11 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from ..configs import OneShotConfig, _require
+from ..configs import TargetConfig, _require
 from ..gates import GATE_NAME, HEADS, NEURONS, UnitGate
 from ..registry import register_method
 from ..selection import unit_costs_by_layer
-from .base import OneShotMethod
+from .base import TargetMethod
 
 
 if TYPE_CHECKING:
@@ -194,33 +194,39 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 # -- the Taylor baseline ---------------------------------------------------------------------------------------------
 @dataclass
-class TaylorConfig(OneShotConfig):
-    """Prune the units with the smallest gate-gradient importance, one-shot at the end of training.
+class TaylorConfig(TargetConfig):
+    """Prune the units with the smallest gate-gradient importance, on the target schedule.
 
-    A unit's importance is the mean over training micro-batches of `sum_i |dL_i/dgate|` over its examples `i`
-    (Michel et al., 2019), with gradients taken for the model's own loss. Heads and neurons compete in one global
+    A unit's importance is the weighted mean over training micro-batches of `sum_i |dL_i/dgate|` over its examples
+    `i` (Michel et al., 2019), with gradients taken for the model's own loss. Heads and neurons compete in one global
     ranking of importance per prunable parameter freed (`hf_prune.accounting.unit_costs`). Needs `PruningTrainer`,
     which reports every backward pass to the method.
 
     Args:
         target_sparsity (`float`, defaults to `0.5`): fraction of prunable parameters to remove, in [0, 1).
+        time_weighting (`str`, defaults to `"linear"`): `"linear"` weighs a micro-batch by its step, so the model as
+            it is at the decision counts most; `"none"` weighs every micro-batch alike.
         normalize_layers (`bool`, defaults to `False`): divide the importances of each layer and unit kind by their
-            L2 norm before ranking, as Michel et al. do for heads.
+            mean before ranking, so every layer competes on relative importance.
         start (`float`, defaults to `0.0`): fraction of the optimizer steps after which gradients are accumulated,
             in [0, 1).
     """
 
     method = "taylor"
 
-    normalize_layers: bool = field(default=False, metadata={"help": "L2-normalise importances per layer and kind."})
+    time_weighting: str = field(default="linear", metadata={"help": "'linear' (late steps count most) or 'none'."})
+    normalize_layers: bool = field(default=False, metadata={"help": "Divide importances by their layer mean."})
     start: float = field(default=0.0, metadata={"help": "Fraction of training before gradients are accumulated."})
 
     def __post_init__(self):
         super().__post_init__()
+        _require(
+            self.time_weighting in ("linear", "none"), "time_weighting", self.time_weighting, "use 'linear' or 'none'"
+        )
         _require(0.0 <= self.start < 1.0, "start", self.start, "use a fraction of training in [0, 1)")
 
 
-class TaylorMethod(OneShotMethod):
+class TaylorMethod(TargetMethod):
     config: TaylorConfig
     title = "Taylor importance (baseline: smallest gate gradient per parameter)"
     paper = "Michel, Levy & Neubig (2019), Are Sixteen Heads Really Better than One? NeurIPS 2019"
@@ -240,10 +246,14 @@ class TaylorMethod(OneShotMethod):
 
     def after_backward(self, trainer, model: nn.Module, inputs: dict[str, Any]) -> None:
         step, max_steps = trainer.state.global_step, trainer.state.max_steps
-        self.gradients.record(abs_weight=1.0 if step >= self.config.start * max_steps else 0.0, rel_weight=0.0)
+        weight = 0.0
+        if step >= self.config.start * max_steps:
+            weight = (step + 1) / max(max_steps, 1) if self.config.time_weighting == "linear" else 1.0
+        self.gradients.record(abs_weight=weight, rel_weight=0.0)
 
     def on_optimizer_step(self, global_step: int, max_steps: int) -> None:
         self.gradients.flush()
+        super().on_optimizer_step(global_step, max_steps)
 
     def importance(self) -> dict[str, list[torch.Tensor | None]]:
         """Per kind, per layer: the mean absolute gate gradient of each unit (`None` for ungated layers)."""
@@ -260,7 +270,9 @@ class TaylorMethod(OneShotMethod):
                     )
                 value = gate.grad_abs_sum.float().cpu() / float(gate.grad_weight)
                 if self.config.normalize_layers:
-                    value = value / value.norm().clamp_min(torch.finfo(value.dtype).tiny)
+                    alive = value[gate.mask.cpu()]
+                    mean = alive.mean() if alive.numel() else value.mean()
+                    value = value / mean.clamp_min(torch.finfo(value.dtype).tiny)
                 result[kind].append(value)
         return result
 

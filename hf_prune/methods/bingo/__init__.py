@@ -2,7 +2,7 @@
 pruning after it. Design notes and the estimator formulas: docs bingo.md §3.
 
 Modules: `config` (`BingoConfig`), `estimators` (probes -> per-unit effects), `probes` (drawing subsets, switching
-units off, measuring), `search` (accuracy-preserving search, recovery fine-tune), `method` (`BingoMethod`).
+units off, measuring), `search` (accuracy-preserving search), `method` (`BingoMethod`).
 """
 
 from ...registry import register_method
@@ -16,7 +16,7 @@ from .estimators import (
     build_estimator,
 )
 from .method import BingoMethod
-from .search import SearchResult, SearchTrial, recover_with_frozen_masks, search_max_prune
+from .search import SearchResult, SearchTrial, search_max_prune
 
 
 register_method(BingoConfig, BingoMethod)
@@ -32,6 +32,5 @@ __all__ = [
     "SearchResult",
     "SearchTrial",
     "build_estimator",
-    "recover_with_frozen_masks",
     "search_max_prune",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...configs import OneShotConfig, _require
+from ...configs import TargetConfig, _require
 from .estimators import ESTIMATORS
 
 
@@ -15,25 +15,29 @@ SHRINKAGES = ("kind", "layer", "none")
 
 
 @dataclass
-class BingoConfig(OneShotConfig):
-    """BINGO: random-subset significance probes during training, one-shot structured pruning after it.
+class BingoConfig(TargetConfig):
+    """BINGO: random-subset significance probes during training; units removed on the target schedule.
 
     Every `probe_interval` optimizer steps (once `probe_start` of training has passed), the method runs extra
     forward passes without gradients, in eval mode, on the current training micro-batch: one clean pass and
     `masked_passes` passes with a random subset of heads and neurons across all layers switched off (each head unit
     with probability `p_head`, each neuron with `p_neuron`, from the method's own random stream, so training is
-    unchanged). An estimator turns the probes into each unit's effect on the signal, with a standard error. After
-    training, units are ranked globally by effect per prunable parameter freed (lowest first; with the signed loss
-    signal a unit whose removal helps goes first) and pruned in one shot, either to `target_sparsity` or, with
-    `max_metric_drop`, as far as the evaluation metric allows.
+    unchanged). Units removed by the schedule so far stay off in every pass, so later probes measure the model in
+    the context it will be pruned in, and only surviving units are switched off. An estimator turns the probes into
+    each unit's effect on the signal, with a standard error. At each pruning event of the schedule (see
+    `TargetConfig`; `schedule="final"` is the paper's one shot after training) units are ranked globally by effect per
+    prunable parameter freed (lowest first; with the signed loss signal a unit whose removal helps goes first) and
+    removed up to the scheduled sparsity. With `max_metric_drop` (and `schedule="final"`) the model is instead pruned
+    after training as far as the evaluation metric allows.
 
     Args:
         target_sparsity (`float`, defaults to `0.5`): fraction of prunable parameters to remove, in [0, 1). Ignored
             when `max_metric_drop` is set.
         probe_interval (`int`, defaults to `4`): optimizer steps between probes (the spec's k; 2-4 for small data
             sets, 8-16 for large ones).
-        probe_start (`float`, defaults to `0.2`): fraction of the optimizer steps to skip before probing starts,
-            in [0, 1). The gate-gradient prior is accumulated over the same window.
+        probe_start (`float`, defaults to `0.0`): fraction of the optimizer steps to skip before probing starts,
+            in [0, 1). The gate-gradient prior is accumulated over the same window. With the linear time weighting
+            early probes count little, and a pruning schedule needs measurements before its first event.
         p_head (`float`, defaults to `0.1`): probability that a probe switches off a given head unit (a key/value
             group under grouped-query attention), in (0, 1).
         p_neuron (`float`, defaults to `0.05`): probability that a probe switches off a given MLP neuron, in (0, 1).
@@ -70,11 +74,6 @@ class BingoConfig(OneShotConfig):
         min_heads_per_layer (`int`, defaults to `1`): never keep fewer query heads than this in a layer.
         max_layer_neuron_sparsity (`float`, defaults to `0.9`): never remove more than this fraction of a layer's
             MLP neurons, in (0, 1].
-        recovery_steps (`int`, defaults to `0`): after the pruning decision, fine-tune this many micro-batches with
-            the masks frozen (AdamW, constant learning rate) before the units are removed. An extension, not in the
-            paper.
-        recovery_learning_rate (`float`, *optional*): learning rate of that fine-tune (defaults to the training
-            `learning_rate`).
         seed (`int`, *optional*): seed of the probe subsets (defaults to the training seed). Each probe's subset is
             derived from `(seed, process rank, step, pass)`, so a resumed run draws the same subsets.
     """
@@ -82,7 +81,7 @@ class BingoConfig(OneShotConfig):
     method = "bingo"
 
     probe_interval: int = field(default=4, metadata={"help": "Optimizer steps between probes."})
-    probe_start: float = field(default=0.2, metadata={"help": "Fraction of training before probing starts."})
+    probe_start: float = field(default=0.0, metadata={"help": "Fraction of training before probing starts."})
     p_head: float = field(default=0.1, metadata={"help": "Probability of switching off a head unit in a probe."})
     p_neuron: float = field(default=0.05, metadata={"help": "Probability of switching off a neuron in a probe."})
     masked_passes: int = field(default=1, metadata={"help": "Masked forward passes per probe."})
@@ -102,10 +101,6 @@ class BingoConfig(OneShotConfig):
     min_heads_per_layer: int = field(default=1, metadata={"help": "Minimum query heads kept in each layer."})
     max_layer_neuron_sparsity: float = field(
         default=0.9, metadata={"help": "Largest fraction of one layer's MLP neurons that may be removed."}
-    )
-    recovery_steps: int = field(default=0, metadata={"help": "Masked fine-tuning micro-batches after the decision."})
-    recovery_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the recovery fine-tune (default: learning_rate)."}
     )
 
     def __post_init__(self):
@@ -158,16 +153,9 @@ class BingoConfig(OneShotConfig):
             self.max_layer_neuron_sparsity,
             "use a fraction in (0, 1]",
         )
-        _require(
-            isinstance(self.recovery_steps, int) and self.recovery_steps >= 0,
-            "recovery_steps",
-            self.recovery_steps,
-            "use an integer >= 0 (0 disables the recovery fine-tune)",
-        )
-        if self.recovery_learning_rate is not None:
-            _require(
-                self.recovery_learning_rate > 0,
-                "recovery_learning_rate",
-                self.recovery_learning_rate,
-                "use a positive learning rate, or None for the training learning_rate",
+        if self.max_metric_drop is not None and self.schedule != "final":
+            raise ValueError(
+                f"Invalid max_metric_drop={self.max_metric_drop!r} with schedule={self.schedule!r}: the metric search "
+                "picks the sparsity after training, so it needs schedule='final'; or set target_sparsity and keep the "
+                "schedule."
             )

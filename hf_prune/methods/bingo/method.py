@@ -15,7 +15,7 @@ from torch import nn
 
 from ...gates import HEADS, NEURONS, UnitGate
 from ...selection import select_to_sparsity, unit_costs_by_layer
-from ..base import OneShotMethod
+from ..base import TargetMethod
 from ..taylor import GateGradients, GradientGate, world_size
 from .config import BingoConfig
 from .estimators import Estimate, Estimator, build_estimator
@@ -29,7 +29,7 @@ from .probes import (
     relative_change,
     switched_off,
 )
-from .search import SearchResult, recover_with_frozen_masks, search_max_prune
+from .search import SearchResult, search_max_prune
 
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class BingoStatistics(nn.Module):
         self.signal_sum += y
 
 
-class BingoMethod(OneShotMethod):
+class BingoMethod(TargetMethod):
     """See `BingoConfig`. Works with `PruningTrainer`, which calls `after_backward` after every training backward."""
 
     config: BingoConfig
@@ -79,7 +79,6 @@ class BingoMethod(OneShotMethod):
         self._last_probe_step: int | None = None
         self.probe_seconds = 0.0
         self.search_result: SearchResult | None = None
-        self.recovery_losses: list[float] = []
         self._warned_prior = False
 
     # -- set-up ------------------------------------------------------------------------------------------------------
@@ -127,6 +126,7 @@ class BingoMethod(OneShotMethod):
 
     def on_optimizer_step(self, global_step: int, max_steps: int) -> None:
         self.gradients.flush()
+        super().on_optimizer_step(global_step, max_steps)
 
     def _time_weight(self, step: int, max_steps: int) -> float:
         return (step + 1) / max_steps if self.config.time_weighting == "linear" else 1.0
@@ -144,12 +144,14 @@ class BingoMethod(OneShotMethod):
         rank = trainer.args.process_index
         accuracy = config.signal == "accuracy_abs"
         rows = []
+        alive = self.layout.gather(lambda g: g.mask.float()) > 0.5
         with preserved_modes(model):
             model.eval()  # no dropout: the clean and masked passes differ only by the switched-off units
             with trainer.compute_loss_context_manager():
                 clean = probe_loss(trainer, model, inputs, accuracy)
                 for index in range(config.masked_passes):
-                    ablated = draw_subset(self._p, probe_seed(seed, rank, step, index))
+                    # only surviving units: one the schedule removed is off in every pass already
+                    ablated = draw_subset(self._p, probe_seed(seed, rank, step, index)) & alive
                     if not bool(ablated.any()):
                         rows.append((ablated, 0.0))  # nothing switched off: the change is exactly 0
                         continue
@@ -240,32 +242,25 @@ class BingoMethod(OneShotMethod):
         config = self.config
         neurons = [g.num_units for g in self.state.gates(NEURONS) if g is not None]
         floor = math.ceil((1.0 - config.max_layer_neuron_sparsity) * max(neurons, default=0) - 1e-9)
-        guarded = dataclasses.replace(
-            self.state,
-            config=dataclasses.replace(config, min_neurons_per_layer=max(config.min_neurons_per_layer, floor)),
+        guarded = dataclasses.replace(config, min_neurons_per_layer=max(config.min_neurons_per_layer, floor))
+        return select_to_sparsity(
+            self.model, self.state, self.scores() if scores is None else scores, sparsity, guarded
         )
-        return select_to_sparsity(self.model, guarded, self.scores() if scores is None else scores, sparsity)
 
     # -- after training ----------------------------------------------------------------------------------------------
     def keep_masks(self) -> dict[str, list[torch.Tensor | None]]:
         config = self.config
+        if config.max_metric_drop is None:
+            return super().keep_masks()
         scores = self.scores()
-        if config.max_metric_drop is not None:
-            self.search_result = search_max_prune(
-                self._trainer("max_metric_drop"),
-                config.max_metric_drop,
-                step=config.search_step,
-                max_sparsity=config.search_max_sparsity,
-                select=lambda sparsity: self.select(sparsity, scores),
-            )
-            masks = self.search_result.masks
-        else:
-            masks = self.select(config.target_sparsity, scores)
-        if config.recovery_steps:
-            self.recovery_losses = recover_with_frozen_masks(
-                self._trainer("recovery_steps"), masks, config.recovery_steps, config.recovery_learning_rate
-            )
-        return masks
+        self.search_result = search_max_prune(
+            self._trainer("max_metric_drop"),
+            config.max_metric_drop,
+            step=config.search_step,
+            max_sparsity=config.search_max_sparsity,
+            select=lambda sparsity: self.select(sparsity, scores),
+        )
+        return self.search_result.masks
 
     def _trainer(self, option: str):
         trainer = self._trainer_ref() if self._trainer_ref is not None else None

@@ -1,6 +1,6 @@
-"""After training: the accuracy-preserving search over sparsity, and the optional recovery fine-tune.
+"""After training: the accuracy-preserving search over sparsity.
 
-Both take the `PruningTrainer` that trained the model. The search works for any method whose units have a fixed
+It takes the `PruningTrainer` that trained the model. The search works for any method whose units have a fixed
 ranking (BINGO, Taylor, magnitude, random): it only sets gate masks, evaluates on the trainer's `eval_dataset`, and
 restores the masks.
 """
@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import nn
 
 from ...gates import HEADS, NEURONS, PruningState, get_pruning_state, masks_applied
 from ...selection import select_to_sparsity
@@ -160,54 +159,3 @@ def search_max_prune(
         else:
             high = middle
     return SearchResult(key, greater, dense, max_metric_drop, round(low * step, 10), trials, cache[low][1])
-
-
-def recover_with_frozen_masks(trainer, masks: Masks, steps: int, learning_rate: float | None = None) -> list[float]:
-    """Apply `masks` to the gates for good and fine-tune `steps` training micro-batches with them frozen.
-
-    Uses the trainer's training data loader and loss, a fresh AdamW (constant `learning_rate`, default the training
-    one, the training weight decay) over the model's trainable parameters. Returns the losses.
-    """
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    state = get_pruning_state(model)
-    for kind in (HEADS, NEURONS):
-        for gate, keep in zip(state.gates(kind), masks[kind]):
-            if gate is not None:
-                gate.mask &= keep.to(gate.mask.device)
-    wrapped: nn.Module = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=learning_rate or trainer.args.learning_rate, weight_decay=trainer.args.weight_decay
-    )
-    prepare = getattr(trainer, "_prepare_inputs", lambda batch: batch)
-    loader = trainer.get_train_dataloader()
-    batches = iter(loader)
-    gates = [g for kind in (HEADS, NEURONS) for g in state.gates(kind) if hasattr(g, "capture")]
-    captures = [g.capture for g in gates]
-    losses: list[float] = []
-    with preserved_modes(model), torch.enable_grad():  # finalize_model runs under no_grad
-        wrapped.train()
-        optimizer.zero_grad(set_to_none=True)
-        for gate in gates:
-            gate.capture = False  # no gradient statistics from the recovery steps
-        try:
-            fresh = True  # guards against an empty loader
-            while len(losses) < steps:
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    if fresh:
-                        raise ValueError("The recovery fine-tune found no training batches.") from None
-                    batches, fresh = iter(loader), True
-                    continue
-                fresh = False
-                with trainer.compute_loss_context_manager():
-                    loss = trainer.compute_loss(wrapped, prepare(batch))
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
-        finally:
-            for gate, capture in zip(gates, captures):
-                gate.capture = capture
-    return losses
