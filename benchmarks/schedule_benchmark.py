@@ -1,0 +1,306 @@
+"""Prune-while-fine-tuning benchmark: every target-based method on the target schedule, against the peer.
+
+The setting of `quality_benchmark.py` (the embedded pretrained MiniLM-L6 fine-tuned on the embedded tweets, the
+same splits, budget and held-out test split), but units are removed *during* fine-tuning by the schedule of
+`TargetConfig` (default: cubic from 20 % to 70 % of the optimizer steps) and the rest of the run fine-tunes the
+pruned model. One training run per (method, target, seed); the finalized model is scored on the test split.
+
+The peer, Torch-Pruning's group Taylor importance, gets the same schedule and recovery budget: at each pruning event
+Torch-Pruning prunes a copy of the current model (units the schedule removed are zeroed, so it removes them first) to
+the scheduled sparsity with the gradients of 256 training examples, and the units it removed become the mask (see
+`TorchPruningMethod`). The comparison therefore measures the criterion, not the schedule.
+
+The dense rows are the quality benchmark's (same data, budget and seeds). Finished runs are appended to
+`benchmarks/results/schedule_runs.jsonl`; an interrupted benchmark continues where it stopped, and `--report_only`
+rewrites the section of BENCHMARKS.md.
+
+    python benchmarks/schedule_benchmark.py                       # every row (about 5 min per run, 2 idle cores)
+    python benchmarks/schedule_benchmark.py --train_samples 64 --eval_samples 32 --test_samples 64 --max_steps 6 \\
+        --sparsities 0.5 --seeds 0 --methods magnitude --results_dir /tmp/sched --output_md /tmp/B.md   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from common import ROOT, environment, finalized_record, sentiment_splits, test_metrics, train, training_arguments
+from torch_pruning_peer import MAX_LAYER_RATIO, prune_to_sparsity
+from transformers import DataCollatorWithPadding
+
+import hf_prune
+from hf_prune.architectures import transformer_blocks
+from hf_prune.configs import TargetConfig
+from hf_prune.gates import GATE_NAME, HEADS, NEURONS
+from hf_prune.methods.base import TargetMethod
+from hf_prune.registry import register_method
+
+
+METHODS = ("bingo", "taylor", "magnitude", "random", "torch_pruning_taylor")
+TITLES = {
+    "dense": "dense (no pruning)",
+    "bingo": "BINGO",
+    "taylor": "Taylor",
+    "magnitude": "magnitude",
+    "random": "random",
+    "torch_pruning_taylor": "Torch-Pruning, group Taylor (same schedule)",
+}
+TRAINING_KEYS = ("train_samples", "test_samples", "epochs", "max_steps", "batch_size", "max_length", "learning_rate")
+SCHEDULE_KEYS = ("schedule", "prune_start", "prune_end")
+
+
+# -- the peer as a target method -------------------------------------------------------------------------------------
+@dataclass
+class TorchPruningConfig(TargetConfig):
+    """Torch-Pruning's group Taylor importance, called at each event of the schedule (benchmark only)."""
+
+    method = "torch_pruning_taylor"
+
+
+class TorchPruningMethod(TargetMethod):
+    """`select(sparsity)` asks Torch-Pruning which heads and neurons to remove from a copy of the current model."""
+
+    calibration: list[dict] = []  # training batches for the gradients; set by the benchmark
+
+    def select(self, sparsity: float):
+        model = self.model
+        dense = type(model)(model.config)
+        state = {k: v for k, v in model.state_dict().items() if GATE_NAME not in k}
+        dense.load_state_dict(state)
+        blocks, gated = transformer_blocks(dense, self.state.spec), self.state.layers
+        with torch.no_grad():  # removed units read as zero weights, so Torch-Pruning takes them first
+            for block, layer in zip(blocks, gated):
+                attention, width = block.attention.self, self.state.head_dim
+                for head in (~layer.head_gate.mask).nonzero().flatten().tolist():
+                    rows = slice(head * width, (head + 1) * width)
+                    for projection in (attention.query, attention.key, attention.value):
+                        projection.weight[rows] = 0
+                        projection.bias[rows] = 0
+                    block.attention.output.dense.weight[:, rows] = 0
+                for neuron in (~layer.neuron_gate.mask).nonzero().flatten().tolist():
+                    block.intermediate.dense.weight[neuron] = 0
+                    block.intermediate.dense.bias[neuron] = 0
+                    block.output.dense.weight[:, neuron] = 0
+        with torch.enable_grad():  # finalize runs under no_grad; Torch-Pruning's Taylor needs gradients
+            pruned, _ = prune_to_sparsity(dense, "torch_pruning_taylor", sparsity, self.calibration)
+        keep = {HEADS: [], NEURONS: []}
+        for before, after, layer in zip(blocks, transformer_blocks(pruned, self.state.spec), gated):
+            keep[NEURONS].append(_kept(before.intermediate.dense.weight, after.intermediate.dense.weight, 1))
+            keep[HEADS].append(
+                _kept(before.attention.self.query.weight, after.attention.self.query.weight, self.state.head_dim)
+            )
+        return {k: [m & g.mask.cpu() for m, g in zip(keep[k], self.state.gates(k))] for k in keep}
+
+
+def _kept(original: torch.Tensor, pruned: torch.Tensor, width: int) -> torch.Tensor:
+    """Which units (blocks of `width` rows) of `original` survive in `pruned` (rows kept in order)."""
+    units = original.shape[0] // width
+    mask = torch.zeros(units, dtype=torch.bool)
+    if pruned.shape[0]:
+        a = original.detach().reshape(units, -1).float()
+        b = pruned.detach().reshape(pruned.shape[0] // width, -1).float()
+        mask[torch.cdist(b, a).argmin(dim=1)] = True
+    return mask
+
+
+register_method(TorchPruningConfig, TorchPruningMethod)
+
+
+# -- runs ------------------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7])
+    parser.add_argument("--schedule", default="cubic", choices=("cubic", "one_shot"))
+    parser.add_argument("--prune_start", type=float, default=0.2)
+    parser.add_argument("--prune_end", type=float, default=0.7)
+    parser.add_argument("--train_samples", type=int, default=2000)
+    parser.add_argument("--eval_samples", type=int, default=500)
+    parser.add_argument("--test_samples", type=int, default=2000)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--max_steps", type=int, default=-1)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_length", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report_only", action="store_true")
+    parser.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--output_md", default=str(ROOT / "BENCHMARKS.md"))
+    return parser.parse_args(argv)
+
+
+def config_for(method: str, args, target: float, neurons: int) -> TargetConfig:
+    """Every method with the same schedule and the same guard rails as the quality benchmark."""
+    common = dict(
+        target_sparsity=target,
+        schedule=args.schedule,
+        prune_start=args.prune_start,
+        prune_end=args.prune_end,
+        min_heads_per_layer=1,
+        min_neurons_per_layer=round((1 - MAX_LAYER_RATIO) * neurons),
+    )
+    if method == "torch_pruning_taylor":
+        return TorchPruningConfig(**common)
+    return hf_prune.registry.get_method(method).config_class(**common)
+
+
+def run_one(method: str, target: float, seed: int, args, splits, tokenizer, neurons: int, workdir: str) -> dict:
+    config = config_for(method, args, target, neurons)
+    if method == "torch_pruning_taylor":
+        collator = DataCollatorWithPadding(tokenizer)
+        rows = splits["train"].select(range(min(256, len(splits["train"]))))
+        TorchPruningMethod.calibration = [
+            dict(collator([rows[j] for j in range(i, min(i + 32, len(rows)))])) for i in range(0, len(rows), 32)
+        ]
+    training_args = training_arguments(
+        workdir,
+        args.epochs,
+        seed,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+    )
+    trainer, seconds = train(config, splits, tokenizer, training_args)
+    record = finalized_record(trainer)
+    record.pop("layers")
+    result = {"method": method, "seed": seed, "target": target, "train_seconds": seconds, **record}
+    result.update(test_metrics(trainer, splits))
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def run_key(args, method: str, target: float, seed: int) -> dict:
+    return {
+        "method": method,
+        "target": target,
+        "seed": seed,
+        **{k: getattr(args, k) for k in (*TRAINING_KEYS, *SCHEDULE_KEYS)},
+    }
+
+
+def dense_rows(args) -> list[dict]:
+    """The quality benchmark's dense rows with the same data and budget."""
+    path = Path(args.results_dir) / "quality_runs.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        entry = json.loads(line)
+        key = entry["key"]
+        if key["run"] == "plain" and all(key.get(k) == getattr(args, k) for k in TRAINING_KEYS):
+            rows += [r for r in entry["rows"] if r["method"] == "dense" and r["seed"] in args.seeds]
+    return rows
+
+
+# -- report ----------------------------------------------------------------------------------------------------------
+def mean_sd(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def markdown(args, rows: list[dict], dense: list[dict], raw: str) -> str:
+    budget = f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.epochs:g} epochs"
+    lines = [
+        "## Prune while fine-tuning: every target-based method on the schedule, with the peer",
+        "",
+        f"Pretrained MiniLM-L6 fine-tuned on {args.train_samples} tweets, {budget}, batch {args.batch_size}, lr "
+        f"{args.learning_rate:g}, {args.max_length} tokens, as in the quality section. Units are removed during "
+        f"fine-tuning on the `{args.schedule}` schedule from {args.prune_start:.0%} to {args.prune_end:.0%} of the "
+        "optimizer steps; the remaining steps fine-tune the pruned model (same optimizer and learning-rate schedule). "
+        f"Test accuracy and macro-F1 (%) of the finalized model on {args.test_samples} held-out tweets; mean ± sd over "
+        "the seeds that have finished (the seed count is in the last column). Same guard rails for all: at least one "
+        "head per layer, at most 90 % of a layer's neurons. Dense rows: the quality benchmark's runs.",
+        "",
+        "| method | target | test accuracy | Δ vs dense | test macro-F1 | prunable removed | FLOPs | train time (s) | seeds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    dense_acc = statistics.fmean(r["test_accuracy"] for r in dense) if dense else None
+    if dense:
+        lines.append(
+            f"| {TITLES['dense']} | 0 % | {mean_sd([r['test_accuracy'] for r in dense])} | – | "
+            f"{mean_sd([r['test_macro_f1'] for r in dense])} | 0 % | 1.00× | "
+            f"{mean_sd([r['train_seconds'] for r in dense], 1, 0)} | {len(dense)} |"
+        )
+    for target in sorted({r["target"] for r in rows}):
+        for method in METHODS:
+            cell = [r for r in rows if r["method"] == method and r["target"] == target]
+            if not cell:
+                continue
+            accuracy = [r["test_accuracy"] for r in cell]
+            delta = f"{100 * (statistics.fmean(accuracy) - dense_acc):+.1f}" if dense_acc is not None else "–"
+            lines.append(
+                f"| {TITLES[method]} | {target:.0%} | {mean_sd(accuracy)} | {delta} | "
+                f"{mean_sd([r['test_macro_f1'] for r in cell])} | {mean_sd([r['sparsity'] for r in cell])} % | "
+                f"{mean_sd([r['flops_ratio'] for r in cell], 1, 2)}× | "
+                f"{mean_sd([r['train_seconds'] for r in cell], 1, 0)} | {len(cell)} |"
+            )
+    command = ["python", "benchmarks/schedule_benchmark.py", "--seeds", *map(str, args.seeds)]
+    command += ["--sparsities", *map(str, args.sparsities), "--methods", *args.methods]
+    for name in (*TRAINING_KEYS, *SCHEDULE_KEYS, "eval_samples", "threads"):
+        command += [f"--{name}", str(getattr(args, name))]
+    lines += [
+        "",
+        f"Reproduce: `{shlex.join(command)}`",
+        "",
+        f"Measured on {environment()}, {args.threads} threads. Raw rows: `{raw}`.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from common import write_section
+    from quality_benchmark import RunLog
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = Path(args.results_dir)
+    log = RunLog(results / "schedule_runs.jsonl")
+    neurons = None
+    splits = tokenizer = None
+    rows: list[dict] = []
+    for seed in args.seeds:
+        for target in args.sparsities:
+            for method in args.methods:
+                key = run_key(args, method, target, seed)
+                found = log.find(key)
+                if found is None and not args.report_only:
+                    if splits is None:
+                        splits, tokenizer = sentiment_splits(
+                            args.train_samples, args.eval_samples, args.test_samples, args.max_length, seed=0
+                        )
+                        from common import pretrained_path
+
+                        neurons = transformers.AutoConfig.from_pretrained(pretrained_path()).intermediate_size
+                    with tempfile.TemporaryDirectory() as workdir:
+                        found = [run_one(method, target, seed, args, splits, tokenizer, neurons, workdir)]
+                    log.add(key, found)
+                rows.extend(found or [])
+                if rows and not args.report_only:
+                    report(args, rows, results, write_section)
+    report(args, rows, results, write_section)
+
+
+def report(args, rows, results: Path, write_section) -> None:
+    if not rows:
+        print("nothing recorded for these settings")
+        return
+    raw = results / "schedule.json"
+    raw.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    output = Path(args.output_md)
+    raw_ref = Path(os.path.relpath(raw, output.resolve().parent)).as_posix()
+    write_section("schedule", markdown(args, rows, dense_rows(args), raw_ref), output)
+
+
+if __name__ == "__main__":
+    main()
