@@ -92,7 +92,7 @@ class TorchPruningMethod(TargetMethod):
         with torch.enable_grad():  # finalize runs under no_grad; Torch-Pruning's Taylor needs gradients
             pruned, _ = prune_to_sparsity(dense, "torch_pruning_taylor", sparsity, self.calibration)
         keep = {HEADS: [], NEURONS: []}
-        for before, after, layer in zip(blocks, transformer_blocks(pruned, self.state.spec), gated):
+        for before, after in zip(blocks, transformer_blocks(pruned, self.state.spec)):
             keep[NEURONS].append(_kept(before.intermediate.dense.weight, after.intermediate.dense.weight, 1))
             keep[HEADS].append(
                 _kept(before.attention.self.query.weight, after.attention.self.query.weight, self.state.head_dim)
