@@ -129,7 +129,8 @@ class PruningTrainer(Trainer):
             raise ValueError("The model was prepared with a different pruning config than `pruning_config`.")
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if not any(isinstance(c, PruningScheduleCallback) for c in callbacks):
-            callbacks.append(PruningScheduleCallback(finalize_on_train_end=args.finalize_on_train_end))
+            # first, so the user's callbacks see each step's pruning decisions
+            callbacks.insert(0, PruningScheduleCallback(finalize_on_train_end=args.finalize_on_train_end))
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
         if self.model_accepts_loss_kwargs and not _normalises_by_num_items(model) and self.compute_loss_func is None:
             # The Trainer assumes a model taking **kwargs divides its loss by `num_items_in_batch`, and then skips
