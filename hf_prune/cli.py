@@ -245,6 +245,13 @@ class FineTuneAndPruneArguments(PruningArguments):
         default=10, metadata={"help": "Timed forward passes per model (median reported); 0 skips the benchmark."}
     )
     latency_warmup: int = field(default=2, metadata={"help": "Untimed warm-up forward passes before timing."})
+    compare_dense: bool = field(
+        default=True,
+        metadata={
+            "help": "First fine-tune an unpruned copy with the same data and budget (a plain Trainer), so the report "
+            "sets the pruned model's accuracy beside the dense one's (about doubles the run time)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -662,6 +669,16 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     max_length = effective_max_length(data_args.max_seq_length, tokenizer, model.config)
     tokenized = tokenize_datasets(raw, tokenizer, max_length, data_args, training_args)
     test_dataset = tokenized.get("test")
+    timings = {"setup": time.perf_counter() - start}
+
+    # 0. the reference: the same fine-tune without pruning
+    dense_metrics = None
+    if training_args.compare_dense:
+        logger.info("*** Fine-tune the dense reference (no pruning, same data and budget) ***")
+        tick = time.perf_counter()
+        dense_metrics = fine_tune_dense(model_args, label_names, training_args, tokenized, tokenizer)
+        timings["dense_reference"] = time.perf_counter() - tick
+        set_seed(training_args.seed)  # the pruned run starts from the state it would have without the reference
 
     trainer = PruningTrainer(
         model=model,
@@ -673,7 +690,6 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None),
         compute_metrics=build_compute_metrics(),
     )
-    timings = {"setup": time.perf_counter() - start}
 
     # 1. fine-tune with pruning gates
     logger.info("*** Fine-tune with %s pruning ***", pruning_config.method)
@@ -754,6 +770,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                 "validation_before": _strip(validation_before, "eval"),
                 "validation_after": _strip(validation_after, "eval"),
                 "test_after": None if test_after is None else _strip(test_after, "test"),
+                **(dense_metrics or {}),
             },
             latency=latency,
             timings=timings,
@@ -782,6 +799,43 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         model.push_to_hub(repo_id, commit_message=f"Pruned with hf_prune ({pruning_config.method})", **hub)
         tokenizer.push_to_hub(repo_id, commit_message="Add tokenizer", **hub)
     return results
+
+
+def fine_tune_dense(
+    model_args: ModelArguments,
+    label_names: list[str],
+    training_args: FineTuneAndPruneArguments,
+    tokenized: datasets.DatasetDict,
+    tokenizer,
+) -> dict[str, dict[str, float] | None]:
+    """Fine-tune a fresh copy of the model with a plain `Trainer` and the same arguments (nothing saved or pushed);
+    returns its validation and test metrics as `validation_dense` / `test_dense`."""
+    set_seed(training_args.seed)
+    model, _ = load_model_and_tokenizer(model_args, label_names)
+    args = dataclasses.replace(
+        training_args,
+        output_dir=os.path.join(training_args.output_dir, "dense_reference"),
+        save_strategy="no",
+        push_to_hub=False,
+        resume_from_checkpoint=None,
+        report_to="none",
+    )
+    trainer = transformers.Trainer(
+        model=model,
+        args=args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.fp16 else None),
+        compute_metrics=build_compute_metrics(),
+    )
+    trainer.train()
+    validation = _strip(trainer.evaluate(metric_key_prefix="eval"), "eval")
+    test = tokenized.get("test")
+    test_metrics = (
+        None if test is None else _strip(trainer.evaluate(eval_dataset=test, metric_key_prefix="test"), "test")
+    )
+    return {"validation_dense": validation, "test_dense": test_metrics}
 
 
 def latency_report(dense: dict, pruned: dict, batch_size: int, seq_len: int, repeats: int, warmup: int, model) -> dict:
@@ -882,10 +936,17 @@ def log_summary(results: dict[str, Any], pruned_dir: str) -> None:
         f"{kept['neurons']['after']}/{kept['neurons']['before']}"
     )
     lines.append(
-        f"validation accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}, macro-F1 "
+        f"validation accuracy (gated -> finalized) {before['accuracy']:.4f} -> {after['accuracy']:.4f}, macro-F1 "
         f"{before['macro_f1']:.4f} -> {after['macro_f1']:.4f}"
     )
-    if test is not None:
+    dense = results.get("test_dense")
+    if test is not None and dense is not None:
+        lines.append(
+            f"test accuracy: dense {dense['accuracy']:.4f}, pruned {test['accuracy']:.4f} "
+            f"({100 * (test['accuracy'] - dense['accuracy']):+.2f} points); macro-F1: dense {dense['macro_f1']:.4f}, "
+            f"pruned {test['macro_f1']:.4f}"
+        )
+    elif test is not None:
         lines.append(f"test (pruned) accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}")
     if results["latency"] is not None:
         lat = results["latency"]

@@ -233,6 +233,9 @@ def test_csv_string_labels_three_classes(tmp_path, tiny_model, monkeypatch):
         and results["train"]["loss"] > 0
         and results["test_after"]["accuracy"] >= 0
     )
+    # the dense reference: a plain Trainer with the same budget, evaluated on validation and test
+    assert {"accuracy", "macro_f1", "loss"} <= set(results["test_dense"]) and "accuracy" in results["validation_dense"]
+    assert not (output_dir / "dense_reference").exists() or not any((output_dir / "dense_reference").iterdir())
     _check_outputs(output_dir, results, spy.trainer, tiny_model)
 
     # the test rows reach the trainer once: the final report of the pruned (no longer gated) model
@@ -283,6 +286,7 @@ def test_json_int_labels_from_yaml_config_with_push(tmp_path, tiny_model, monkey
         pruning_config={"seed": 7},
         push_to_hub=True,
         hub_model_id="tester/tiny-pruned",
+        compare_dense=False,
     )
     config_file = tmp_path / "args.yaml"
     config_file.write_text(yaml.safe_dump(args))
@@ -306,7 +310,7 @@ def test_json_int_labels_from_yaml_config_with_push(tmp_path, tiny_model, monkey
 
     assert results["labels"] == ["1", "2"]
     assert results["num_examples"] == {"train": 36, "validation": 4}  # 10 % held out, no test split
-    assert results["test_after"] is None
+    assert results["test_after"] is None and "test_dense" not in results
     assert results["pruning_config"] == {
         **results["pruning_config"],
         "method": "random",
