@@ -143,7 +143,12 @@ def run_key(args: argparse.Namespace, run: str, seed: int, points: list[float] |
 
 # -- training and evaluation ---------------------------------------------------------------------------------------------
 def guard_rails(num_neurons: int) -> dict:
-    return {"min_heads_per_layer": 1, "min_neurons_per_layer": math.ceil((1 - MAX_NEURON_SPARSITY) * num_neurons)}
+    """The shared guard rails, and the one-shot-after-training schedule this benchmark measures."""
+    return {
+        "min_heads_per_layer": 1,
+        "min_neurons_per_layer": math.ceil((1 - MAX_NEURON_SPARSITY) * num_neurons),
+        "schedule": "final",
+    }
 
 
 def fit(config, args: argparse.Namespace, splits, tokenizer, seed: int, workdir: str):
@@ -224,11 +229,12 @@ def run_plain(args, splits, tokenizer, seed: int, workdir: str, points: list[flo
 
 def run_one_shot(method: str, args, splits, tokenizer, seed: int, workdir: str, points, neurons) -> list[dict]:
     if method == "taylor":
-        config = hf_prune.TaylorConfig(**guard_rails(neurons))
+        config = hf_prune.TaylorConfig(time_weighting="none", **guard_rails(neurons))  # as measured
     else:
         config = hf_prune.BingoConfig(
             probe_interval=args.probe_interval,
             masked_passes=args.masked_passes,
+            probe_start=0.2,  # the setting the committed rows were measured with
             max_layer_neuron_sparsity=MAX_NEURON_SPARSITY,
             **guard_rails(neurons),
         )
