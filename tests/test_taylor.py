@@ -33,8 +33,9 @@ def _loss_with_scaled_unit(model, batch, projection: nn.Module, columns: slice, 
 
 
 def test_gate_gradients_match_finite_differences():
-    """The recorded `-dL/dgate / L` equals a central finite difference, even though the backward ran on a rescaled
-    loss (as under gradient accumulation); the per-example absolute sum bounds the signed one."""
+    """The recorded `-dL/dgate / L` and the Fisher term `½ mean_i (dL_i/dgate)² / L` equal central finite differences,
+    even though the backward ran on a rescaled loss (as under gradient accumulation); the per-example absolute sum
+    bounds the signed one."""
     family = FAMILY["bert"]
     model = build(family).double()
     for module in model.modules():
@@ -64,6 +65,15 @@ def test_gate_gradients_match_finite_differences():
                 - _loss_with_scaled_unit(model, batch, projection, columns, 1 - eps)
             ) / (2 * eps)
             assert float(recorded[unit]) == pytest.approx(numeric, rel=1e-3, abs=1e-7), (kind, unit)
+            # the Fisher term: the mean over examples of (dL_i/dgate)², each L_i the loss of example i alone
+            per_example = []
+            for i in range(4):
+                single = {k: v[i : i + 1] for k, v in batch.items()}
+                up = _loss_with_scaled_unit(model, single, projection, columns, 1 + eps)
+                down = _loss_with_scaled_unit(model, single, projection, columns, 1 - eps)
+                per_example.append((up - down) / (2 * eps))
+            fisher = sum(g * g for g in per_example) / 4
+            assert float(gate.grad_curv_sum[unit]) * loss == pytest.approx(0.5 * fisher, rel=1e-3, abs=1e-9)
         assert bool((gate.grad_abs_sum.double() >= recorded.abs() - 1e-6).all())
         assert float(gate.grad_weight) == 1.0
 

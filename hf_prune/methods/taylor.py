@@ -45,18 +45,21 @@ class GradientGate(UnitGate):
     Buffers:
         grad_abs_sum: weighted sum over micro-batches of `sum_examples |dL_i/dgate|` (Taylor importance).
         grad_rel_sum: weighted sum of `-(dL/dgate) / L` (first-order relative loss change of removing the unit).
-        grad_weight, grad_rel_weight: the matching sums of weights.
+        grad_curv_sum: weighted sum of `½ F / L`, with `F` the mean over examples of `(dL_i/dgate)²` (the empirical
+            Fisher: the second-order term of removing the unit, which does not cancel once the unit is trained).
+        grad_weight, grad_rel_weight: the matching sums of weights (`grad_rel_weight` also for `grad_curv_sum`).
     """
 
     def __init__(self, num_units: int):
         super().__init__(num_units)
-        for name in ("grad_abs_sum", "grad_rel_sum"):
+        for name in ("grad_abs_sum", "grad_rel_sum", "grad_curv_sum"):
             self.register_buffer(name, torch.zeros(num_units))
         for name in ("grad_weight", "grad_rel_weight"):
             self.register_buffer(name, torch.zeros(()))
         self.capture = True
         self._signed: torch.Tensor | None = None  # this micro-batch: sum over examples of the gradient
         self._abs: torch.Tensor | None = None  # this micro-batch: sum over examples of its absolute value
+        self._fisher: torch.Tensor | None = None  # this micro-batch: mean over examples of dL_i/dgate squared
         self.pending: dict[str, torch.Tensor] = {}  # local sums not yet reduced into the buffers
 
     def capture_input(self, module: nn.Module, args: tuple) -> None:
@@ -70,13 +73,16 @@ class GradientGate(UnitGate):
         product = (grad * x).reshape(x.shape[0], -1, self.num_units, x.shape[-1] // self.num_units)
         per_example = product.sum(dim=(1, 3), dtype=torch.float32)  # [batch, units]
         signed, absolute = per_example.sum(dim=0), per_example.abs().sum(dim=0)
+        # each row is example i's share of the batch-mean loss, dL_i/dgate / batch: mean_i (dL_i/dgate)² = batch * sum
+        fisher = per_example.pow(2).sum(dim=0) * per_example.shape[0]
         self._signed = signed if self._signed is None else self._signed + signed
         self._abs = absolute if self._abs is None else self._abs + absolute
+        self._fisher = fisher if self._fisher is None else self._fisher + fisher
 
-    def take_captured(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The gradients recorded since the last call (signed sum, absolute sum), and forget them."""
-        captured = self._signed, self._abs
-        self._signed = self._abs = None
+    def take_captured(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The gradients recorded since the last call (signed sum, absolute sum, Fisher), and forget them."""
+        captured = self._signed, self._abs, self._fisher
+        self._signed = self._abs = self._fisher = None
         return captured
 
     def add_pending(self, name: str, value: torch.Tensor) -> None:
@@ -141,22 +147,23 @@ class GateGradients:
         if rel_weight and not usable:
             self.relative_available = False
         for gate in self.gates:
-            signed, absolute = gate.take_captured()
+            signed, absolute, fisher = gate.take_captured()
             if signed is None:
                 continue
             if scale:
-                signed, absolute = signed / scale, absolute / abs(scale)
+                signed, absolute, fisher = signed / scale, absolute / abs(scale), fisher / scale**2
             if abs_weight:
                 gate.add_pending("grad_abs_sum", abs_weight * absolute)
                 gate.add_pending("grad_weight", torch.tensor(float(abs_weight), device=signed.device))
             if rel_weight and usable:
                 gate.add_pending("grad_rel_sum", rel_weight * (-signed / loss))
+                gate.add_pending("grad_curv_sum", rel_weight * (0.5 * fisher / loss))
                 gate.add_pending("grad_rel_weight", torch.tensor(float(rel_weight), device=signed.device))
 
     @torch.no_grad()
     def flush(self) -> None:
         """Reduce the pending sums of every process into the gate buffers (a collective call under DDP)."""
-        names = ("grad_abs_sum", "grad_rel_sum", "grad_weight", "grad_rel_weight")
+        names = ("grad_abs_sum", "grad_rel_sum", "grad_curv_sum", "grad_weight", "grad_rel_weight")
         parts = []
         for gate in self.gates:
             for name in names:

@@ -12,6 +12,7 @@ SIGNALS = ("loss", "accuracy_abs")
 PERTURBATIONS = ("zero", "reset")
 TIME_WEIGHTINGS = ("linear", "none")
 SHRINKAGES = ("kind", "layer", "none")
+PRIORS = ("first_order", "second_order")
 
 
 @dataclass
@@ -59,6 +60,10 @@ class BingoConfig(TargetConfig):
             step, so the end of training counts most; `"none"` weighs all equally.
         shrinkage (`str`, defaults to `"kind"`): empirical-Bayes groups of the control-variate estimator: one per
             unit kind, one per kind and layer (`"layer"`), or no shrinkage (`"none"`).
+        prior (`str`, defaults to `"first_order"`): the control variate's prediction of a unit's effect:
+            `"first_order"`, `-(dL/dgate) / L`; `"second_order"` adds `½ F / L` with `F` the empirical Fisher (mean
+            squared per-example gate gradient), a curvature term that stays positive for trained units whose mean
+            gradient has gone to zero.
         ema_decay (`float`, defaults to `0.5`): weight of the previous score in the `"ema"` update (the paper's 0.5).
         ridge_alpha (`float`, defaults to `1.0`): penalty of the `"ridge"` estimator towards the prior, in probes.
         confidence_z (`float`, defaults to `0.0`): rank by `effect + confidence_z * standard error` (an upper bound),
@@ -90,6 +95,7 @@ class BingoConfig(TargetConfig):
     perturbation: str = field(default="zero", metadata={"help": f"One of {', '.join(PERTURBATIONS)}."})
     time_weighting: str = field(default="linear", metadata={"help": f"One of {', '.join(TIME_WEIGHTINGS)}."})
     shrinkage: str = field(default="kind", metadata={"help": f"One of {', '.join(SHRINKAGES)}."})
+    prior: str = field(default="first_order", metadata={"help": f"One of {', '.join(PRIORS)}."})
     ema_decay: float = field(default=0.5, metadata={"help": "Weight of the previous score in the EMA update."})
     ridge_alpha: float = field(default=1.0, metadata={"help": "Ridge penalty towards the prior, in probes."})
     confidence_z: float = field(default=0.0, metadata={"help": "Rank by effect + z * standard error."})
@@ -128,6 +134,7 @@ class BingoConfig(TargetConfig):
             ("perturbation", PERTURBATIONS),
             ("time_weighting", TIME_WEIGHTINGS),
             ("shrinkage", SHRINKAGES),
+            ("prior", PRIORS),
         ):
             _require(getattr(self, name) in allowed, name, getattr(self, name), f"use one of {', '.join(allowed)}")
         _require(0.0 < self.ema_decay < 1.0, "ema_decay", self.ema_decay, "use a value in (0, 1) (the paper: 0.5)")

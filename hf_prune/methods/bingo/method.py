@@ -196,6 +196,8 @@ class BingoMethod(TargetMethod):
         if required and not bool((weights > 0).any()):
             return None
         sums = self.layout.gather(lambda g: g.grad_rel_sum)
+        if self.config.prior == "second_order":
+            sums = sums + self.layout.gather(lambda g: g.grad_curv_sum)
         return torch.where(weights > 0, sums / weights.clamp_min(1e-30), torch.zeros_like(sums))
 
     def effects(self) -> Estimate:

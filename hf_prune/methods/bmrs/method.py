@@ -8,6 +8,7 @@ import math
 import torch
 
 from ...gates import HEADS, NEURONS
+from ...selection import Masks, current_masks, enforce_structure
 from ..base import PruningMethod
 from .config import BmrsConfig
 from .functional import delta_f_normal, delta_f_uniform, truncated_lognormal_mean, truncated_lognormal_snr
@@ -68,6 +69,13 @@ class BmrsMethod(PruningMethod):
 
     # -- loss -------------------------------------------------------------------------------------------------------
     def loss(self, num_training_examples: int | None) -> torch.Tensor:
+        """The KL term of one optimizer step; masked units contribute nothing.
+
+        `"elbo"`: sum of the unmasked gates' KL / number of training examples. `"mean"`: per gate layer, the KL sum of
+        its unmasked gates divided by the layer's *full* unit count, averaged over all gate layers. Dividing by the
+        full counts keeps each surviving gate's weight fixed as units go (a mean over survivors would push the last
+        units of a layer harder and harder, and removed every unit in our benchmark).
+        """
         gates = self._gates()
         if self.config.kl_weighting == "elbo":
             if not num_training_examples:
@@ -76,8 +84,7 @@ class BmrsMethod(PruningMethod):
                     "use kl_weighting='mean' for iterable datasets."
                 )
             return sum(g.kl()[g.mask].sum() for g in gates) / num_training_examples
-        per_layer = [g.kl()[g.mask].mean() for g in gates if bool(g.mask.any())]
-        return torch.stack(per_layer).mean() if per_layer else gates[0].mu.sum() * 0
+        return sum(g.kl()[g.mask].sum() / g.num_units for g in gates) / len(gates)
 
     # -- decisions --------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -94,14 +101,43 @@ class BmrsMethod(PruningMethod):
         )
 
     @torch.no_grad()
+    def proposal(self) -> tuple[Masks, Masks]:
+        """The BMR proposal: keep-masks without the units whose ΔF ≥ 0, and the scores −ΔF (higher = more worth
+        keeping), per kind and layer, on the CPU. Frozen gates propose no change."""
+        keep, scores = {}, {}
+        for kind in (HEADS, NEURONS):
+            keep[kind], scores[kind] = [], []
+            for gate in self.state.gates(kind):
+                if gate is None:
+                    keep[kind].append(None)
+                    scores[kind].append(None)
+                    continue
+                delta = self.delta_f(gate).cpu()
+                mask = gate.mask.detach().cpu()
+                keep[kind].append(mask.clone() if bool(gate.frozen) else mask & ~(delta >= 0))
+                scores[kind].append((-delta).float())
+        return keep, scores
+
+    @torch.no_grad()
     def decide(self, final: bool = False) -> None:
-        """Remove every unit with ΔF ≥ 0 (masks are monotone)."""
-        for gate in self._gates():
-            if bool(gate.frozen):
-                continue
-            gate.mask &= ~(self.delta_f(gate) >= 0).to(gate.mask.device)
-            if final:
+        """Remove the units with ΔF ≥ 0, within the config's guard rails (`min_heads_per_layer`,
+        `min_neurons_per_layer`, `uniform_layers`, `neuron_multiple`; when a rail stops a removal, the units with the
+        lowest ΔF stay). Masks are monotone."""
+        gates = self._gates()
+        if all(bool(g.frozen) for g in gates):
+            return
+        keep, scores = self.proposal()
+        keep = enforce_structure(self.state, keep, scores, current_masks(self.state), self.config)
+        self._tighten(keep)
+        if final:
+            for gate in gates:
                 gate.frozen.fill_(True)
+
+    def _tighten(self, keep: Masks) -> None:
+        for kind in (HEADS, NEURONS):
+            for gate, mask in zip(self.state.gates(kind), keep[kind]):
+                if gate is not None and mask is not None:
+                    gate.mask &= mask.to(gate.mask.device)
 
     def on_optimizer_step(self, global_step: int, max_steps: int) -> None:
         if self.final_step is None:
@@ -113,10 +149,14 @@ class BmrsMethod(PruningMethod):
         elif (global_step - self.config.warmup_steps) % self.interval == 0:
             self.decide()
 
-    def keep_masks(self) -> dict[str, list[torch.Tensor | None]]:
+    @torch.no_grad()
+    def keep_masks(self) -> Masks:
+        """The current masks after the final pass (run now if training stopped before it), with the guard rails
+        applied once more: masks restored from an older checkpoint may not satisfy them."""
         if not all(bool(g.frozen) for g in self._gates()):
             self.decide(final=True)  # training stopped before the scheduled final pass
-        return super().keep_masks()
+        current = current_masks(self.state)
+        return enforce_structure(self.state, current, self.proposal()[1], current, self.config)
 
     # -- logging ----------------------------------------------------------------------------------------------------
     @torch.no_grad()
