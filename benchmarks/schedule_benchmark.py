@@ -45,6 +45,11 @@ from hf_prune.registry import register_method
 
 
 METHODS = ("bingo", "taylor", "magnitude", "random", "torch_pruning_taylor")
+# ablations: a name, the method it varies and the config fields it changes (run with --methods NAME)
+VARIANTS = {
+    "bingo_second_order": ("bingo", {"prior": "second_order"}),
+    "taylor_normalized": ("taylor", {"normalize_layers": True}),
+}
 TITLES = {
     "dense": "dense (no pruning)",
     "bingo": "BINGO",
@@ -52,6 +57,8 @@ TITLES = {
     "magnitude": "magnitude",
     "random": "random",
     "torch_pruning_taylor": "Torch-Pruning, group Taylor (same schedule)",
+    "bingo_second_order": "BINGO, second-order prior (ablation)",
+    "taylor_normalized": "Taylor, normalised per layer (ablation)",
 }
 TRAINING_KEYS = ("train_samples", "test_samples", "epochs", "max_steps", "batch_size", "max_length", "learning_rate")
 SCHEDULE_KEYS = ("schedule", "prune_start", "prune_end")
@@ -117,7 +124,7 @@ register_method(TorchPruningConfig, TorchPruningMethod)
 # -- runs ------------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *VARIANTS])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7])
     parser.add_argument("--schedule", default="cubic", choices=("cubic", "one_shot"))
@@ -150,7 +157,8 @@ def config_for(method: str, args, target: float, neurons: int) -> TargetConfig:
     )
     if method == "torch_pruning_taylor":
         return TorchPruningConfig(**common)
-    return hf_prune.registry.get_method(method).config_class(**common)
+    method, fields = VARIANTS.get(method, (method, {}))
+    return hf_prune.registry.get_method(method).config_class(**common, **fields)
 
 
 def run_one(method: str, target: float, seed: int, args, splits, tokenizer, neurons: int, workdir: str) -> dict:
@@ -233,7 +241,7 @@ def markdown(args, rows: list[dict], dense: list[dict], raw: str) -> str:
             f"{mean_sd([r['train_seconds'] for r in dense], 1, 0)} | {len(dense)} |"
         )
     for target in sorted({r["target"] for r in rows}):
-        for method in METHODS:
+        for method in (*METHODS, *VARIANTS):
             cell = [r for r in rows if r["method"] == method and r["target"] == target]
             if not cell:
                 continue
