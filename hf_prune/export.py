@@ -151,13 +151,46 @@ class PrunedExportMixin:
             shutil.rmtree(staging, ignore_errors=True)
         return
 
-    def push_to_hub(self, repo_id: str, *args, **kwargs):
-        """Publish the pruned folder (weights, config, modeling file when needed, `pruning_config.json`, model card).
-        Files are staged locally first, so a failed upload changes nothing on disk."""
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str = "50GB",
+        tags: list[str] | None = None,
+        **kwargs,
+    ):
+        """Publish the pruned folder (weights, config, modeling file when needed, `pruning_config.json`, and
+        hf_prune's model card, merged into the repository's existing card if it has one). Files are staged locally
+        first, so a failed upload changes nothing on disk."""
+        from huggingface_hub import HfApi, ModelCard
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+        api = HfApi(token=token if isinstance(token, str) else None)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         card = dict(getattr(self, "_hf_prune_card", None) or {})
-        self._hf_prune_card = {**card, "repo_id": repo_id}
+        self._hf_prune_card = {**card, "repo_id": repo_id, "tags": sorted({*card.get("tags", []), *(tags or [])})}
         try:
-            return super().push_to_hub(repo_id, *args, **kwargs)
+            with tempfile.TemporaryDirectory() as folder:
+                try:  # an existing card is updated, not replaced: the writer keeps its text and metadata
+                    ModelCard.load(repo_id, token=token if isinstance(token, str) else None).save(
+                        os.path.join(folder, "README.md")
+                    )
+                except (EntryNotFoundError, RepositoryNotFoundError, OSError):
+                    pass
+                # transformers' own push would overwrite the card with its boilerplate after saving; this one does not
+                self.save_pretrained(folder, max_shard_size=max_shard_size, **kwargs)
+                return api.upload_folder(
+                    repo_id=repo_id,
+                    folder_path=folder,
+                    commit_message=commit_message or "Upload pruned model (hf_prune)",
+                    revision=revision,
+                    create_pr=create_pr,
+                )
         finally:
             self._hf_prune_card = card
 

@@ -40,6 +40,15 @@ def test_push_and_reload_round_trip(tmp_path):
             "kept_units.png",
         } <= per_layer
         assert "modeling_hf_prune.py" not in hub.files("tester/llama-pruned")
+        # model.push_to_hub, without a Trainer, publishes hf_prune's card, not transformers' boilerplate
+        for repo, loading in (
+            ("bert-pruned", 'from_pretrained("tester/bert-pruned", trust_remote_code=True)'),
+            ("llama-pruned", 'AutoModelForCausalLM.from_pretrained("tester/llama-pruned")'),
+        ):
+            pushed = (tmp_path / "hub" / "tester" / repo / "README.md").read_text()
+            assert "Model Card for Model ID" not in pushed and "<!-- hf_prune:start -->" in pushed, repo
+            assert loading in pushed, repo
+            assert {"hf_prune", "pruned"} <= set(yaml.safe_load(pushed.split("---")[1])["tags"]), repo
         trained = set(hub.files("tester/trained-pruned"))
         assert {"README.md", "tokenizer.json", "pruning_config.json", "modeling_hf_prune.py"} <= trained
 
