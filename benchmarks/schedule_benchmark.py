@@ -124,7 +124,13 @@ register_method(TorchPruningConfig, TorchPruningMethod)
 # -- runs ------------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *VARIANTS])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=["dense", *METHODS, *VARIANTS],
+        help="'dense': a plain fine-tune with the same budget (default: the quality benchmark's dense runs)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7])
     parser.add_argument("--schedule", default="cubic", choices=("cubic", "one_shot"))
@@ -162,7 +168,7 @@ def config_for(method: str, args, target: float, neurons: int) -> TargetConfig:
 
 
 def run_one(method: str, target: float, seed: int, args, splits, tokenizer, neurons: int, workdir: str) -> dict:
-    config = config_for(method, args, target, neurons)
+    config = None if method == "dense" else config_for(method, args, target, neurons)
     if method == "torch_pruning_taylor":
         collator = DataCollatorWithPadding(tokenizer)
         rows = splits["train"].select(range(min(256, len(splits["train"]))))
@@ -178,8 +184,10 @@ def run_one(method: str, target: float, seed: int, args, splits, tokenizer, neur
         learning_rate=args.learning_rate,
     )
     trainer, seconds = train(config, splits, tokenizer, training_args)
-    record = finalized_record(trainer)
-    record.pop("layers")
+    record = {"sparsity": 0.0, "flops_ratio": 1.0}
+    if config is not None:
+        record = finalized_record(trainer)
+        record.pop("layers")
     result = {"method": method, "seed": seed, "target": target, "train_seconds": seconds, **record}
     result.update(test_metrics(trainer, splits))
     print(json.dumps(result), flush=True)
@@ -195,8 +203,11 @@ def run_key(args, method: str, target: float, seed: int) -> dict:
     }
 
 
-def dense_rows(args) -> list[dict]:
-    """The quality benchmark's dense rows with the same data and budget."""
+def dense_rows(args, rows: list[dict]) -> list[dict]:
+    """This benchmark's own dense runs, else the quality benchmark's with the same data and budget."""
+    own = [r for r in rows if r["method"] == "dense"]
+    if own:
+        return own
     path = Path(args.results_dir) / "quality_runs.jsonl"
     rows = []
     for line in path.read_text().splitlines() if path.exists() else []:
@@ -220,7 +231,8 @@ def mean_sd(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 def markdown(args, rows: list[dict], dense: list[dict], raw: str) -> str:
     budget = f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.epochs:g} epochs"
     lines = [
-        "## Prune while fine-tuning: every target-based method on the schedule, with the peer",
+        "## Prune while fine-tuning: every target-based method on the schedule, with the peer"
+        + ("" if args.train_samples == 2000 else f" ({args.train_samples} training examples)"),
         "",
         f"Pretrained MiniLM-L6 fine-tuned on {args.train_samples} tweets, {budget}, batch {args.batch_size}, lr "
         f"{args.learning_rate:g}, {args.max_length} tokens, as in the quality section. Units are removed during "
@@ -280,7 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         for target in args.sparsities:
             for method in args.methods:
-                key = run_key(args, method, target, seed)
+                if method == "dense" and target != args.sparsities[0]:
+                    continue  # one dense run per seed
+                key = run_key(args, method, 0.0 if method == "dense" else target, seed)
                 found = log.find(key)
                 if found is None and not args.report_only:
                     if splits is None:
@@ -291,7 +305,8 @@ def main(argv: list[str] | None = None) -> None:
 
                         neurons = transformers.AutoConfig.from_pretrained(pretrained_path()).intermediate_size
                     with tempfile.TemporaryDirectory() as workdir:
-                        found = [run_one(method, target, seed, args, splits, tokenizer, neurons, workdir)]
+                        target_or_none = 0.0 if method == "dense" else target
+                        found = [run_one(method, target_or_none, seed, args, splits, tokenizer, neurons, workdir)]
                     log.add(key, found)
                 rows.extend(found or [])
                 if rows and not args.report_only:
@@ -303,11 +318,13 @@ def report(args, rows, results: Path, write_section) -> None:
     if not rows:
         print("nothing recorded for these settings")
         return
-    raw = results / "schedule.json"
+    raw = results / ("schedule.json" if args.train_samples == 2000 else f"schedule-{args.train_samples}.json")
     raw.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
     output = Path(args.output_md)
     raw_ref = Path(os.path.relpath(raw, output.resolve().parent)).as_posix()
-    write_section("schedule", markdown(args, rows, dense_rows(args), raw_ref), output)
+    section = "schedule" if args.train_samples == 2000 else f"schedule-{args.train_samples}"
+    pruned = [r for r in rows if r["method"] != "dense"]
+    write_section(section, markdown(args, pruned, dense_rows(args, rows), raw_ref), output)
 
 
 if __name__ == "__main__":
