@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import transformers
 from torch import nn
+from transformers.models.auto import modeling_auto
 
 
 @dataclass(frozen=True)
@@ -202,3 +204,25 @@ register_architecture(
 )
 for _model_type in ("llama", "mistral", "qwen2"):
     register_architecture(ArchitectureSpec(model_type=_model_type, **_LLAMA_LIKE))
+
+
+# -- task heads --------------------------------------------------------------------------------------------------------
+AUTO_CLASSES = {
+    "MODEL_MAPPING_NAMES": "AutoModel",
+    "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES": "AutoModelForCausalLM",
+    "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES": "AutoModelForSequenceClassification",
+    "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES": "AutoModelForTokenClassification",
+    "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES": "AutoModelForQuestionAnswering",
+    "MODEL_FOR_MASKED_LM_MAPPING_NAMES": "AutoModelForMaskedLM",
+    "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES": "AutoModelForImageClassification",
+}
+
+
+def task_classes(spec: ArchitectureSpec) -> dict[str, str]:
+    """Auto class name -> stock model class name, for every task head of the family."""
+    classes = {}
+    for mapping_name, auto_class in AUTO_CLASSES.items():
+        name = getattr(modeling_auto, mapping_name).get(spec.model_type)
+        if isinstance(name, str) and hasattr(transformers, name):
+            classes[auto_class] = name
+    return classes

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "pruning_config.json"
+_CONFIG_CLASSES: dict[str, type[PruningConfig]] = {}  # method name -> config class, filled as classes are defined
 
 
 @dataclass
@@ -41,6 +42,11 @@ class PruningConfig:
     """
 
     method: ClassVar[str] = "base"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "method" in cls.__dict__:  # a class that names its own method (not a shared base such as TargetConfig)
+            _CONFIG_CLASSES[cls.method] = cls
 
     prune_heads: bool = field(default=True, metadata={"help": "Gate and prune attention heads."})
     prune_neurons: bool = field(default=True, metadata={"help": "Gate and prune MLP intermediate neurons."})
@@ -80,11 +86,14 @@ class PruningConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningConfig:
         """Build the config of the method named in `data["method"]`; unknown keys are dropped with a warning."""
-        from .registry import get_method
-
         data = dict(data)
         method = data.pop("method", cls.method)
-        config_cls = get_method(method).config_class if cls is PruningConfig or method != cls.method else cls
+        config_cls = cls
+        if cls is PruningConfig or method != cls.method:
+            if method not in _CONFIG_CLASSES:
+                known = ", ".join(sorted(_CONFIG_CLASSES))
+                raise ValueError(f"Unknown pruning method {method!r}. Available methods: {known}.")
+            config_cls = _CONFIG_CLASSES[method]
         names = {f.name for f in dataclasses.fields(config_cls)}
         unknown = sorted(k for k in data if k not in names and k not in ("result", "hf_prune_version"))
         if unknown:

@@ -25,25 +25,16 @@ from pathlib import Path
 
 import transformers
 from torch import nn
-from transformers.models.auto import modeling_auto
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from . import modeling_hf_prune
-from .accounting import forward_flops, layer_shapes, model_parameters, prunable_parameters
-from .architectures import ArchitectureSpec, get_architecture
+from .accounting import layer_shapes
+from .architectures import ArchitectureSpec, get_architecture, task_classes
 from .configs import CONFIG_NAME, to_json
+from .report import pruning_result
 
 
 MODELING_FILE = "modeling_hf_prune.py"
-_AUTO_CLASSES = {
-    "MODEL_MAPPING_NAMES": "AutoModel",
-    "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES": "AutoModelForCausalLM",
-    "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES": "AutoModelForSequenceClassification",
-    "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES": "AutoModelForTokenClassification",
-    "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES": "AutoModelForQuestionAnswering",
-    "MODEL_FOR_MASKED_LM_MAPPING_NAMES": "AutoModelForMaskedLM",
-    "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES": "AutoModelForImageClassification",
-}
 _HF_PRUNE_KEYS = ("hf_prune_layout", "hf_prune_base_model_type", "auto_map")
 
 
@@ -56,20 +47,10 @@ def _config_class_name(spec: ArchitectureSpec) -> str:
     return CONFIG_MAPPING_NAMES[spec.model_type]
 
 
-def _family_classes(spec: ArchitectureSpec) -> dict[str, str]:
-    """Auto class name -> stock model class name, for every task head of the family."""
-    classes = {}
-    for mapping_name, auto_class in _AUTO_CLASSES.items():
-        name = getattr(modeling_auto, mapping_name).get(spec.model_type)
-        if isinstance(name, str) and hasattr(transformers, name):
-            classes[auto_class] = name
-    return classes
-
-
 def modeling_source(spec: ArchitectureSpec) -> str:
     """The self-contained modeling file for one family: the runtime plus the generated class definitions."""
     config_cls = _config_class_name(spec)
-    classes = _family_classes(spec)
+    classes = task_classes(spec)
     lines = [
         "",
         "",
@@ -96,7 +77,7 @@ def _auto_map(spec: ArchitectureSpec) -> dict[str, str]:
     config_cls = _config_class_name(spec)
     stem = MODELING_FILE[: -len(".py")]
     auto_map = {"AutoConfig": f"{stem}.HfPruned{config_cls}"}
-    auto_map.update({auto: f"{stem}.HfPruned{stock}" for auto, stock in _family_classes(spec).items()})
+    auto_map.update({auto: f"{stem}.HfPruned{stock}" for auto, stock in task_classes(spec).items()})
     return auto_map
 
 
@@ -167,7 +148,7 @@ class PrunedExportMixin:
         """Publish the pruned folder (weights, config, modeling file when needed, `pruning_config.json`, and
         hf_prune's model card, merged into the repository's existing card if it has one). Files are staged locally
         first, so a failed upload changes nothing on disk."""
-        from huggingface_hub import HfApi, ModelCard
+        from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
         from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
         api = HfApi(token=token if isinstance(token, str) else None)
@@ -184,9 +165,14 @@ class PrunedExportMixin:
                     pass
                 # transformers' own push would overwrite the card with its boilerplate after saving; this one does not
                 self.save_pretrained(folder, max_shard_size=max_shard_size, **kwargs)
-                return api.upload_folder(
+                operations = [
+                    CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
+                    for path in sorted(Path(folder).rglob("*"))
+                    if path.is_file()
+                ]
+                return api.create_commit(
                     repo_id=repo_id,
-                    folder_path=folder,
+                    operations=operations,
                     commit_message=commit_message or "Upload pruned model (hf_prune)",
                     revision=revision,
                     create_pr=create_pr,
@@ -218,34 +204,6 @@ def write_pruning_config(model: nn.Module, directory: str | os.PathLike) -> None
     else:
         with open(os.path.join(directory, CONFIG_NAME), "w") as f:
             f.write(to_json({"method": "manual", "result": result}))
-
-
-def pruning_result(model: nn.Module) -> dict:
-    spec = get_architecture(model)
-    head_dim = spec.head_dim(model.config)
-    record = getattr(model, "_hf_prune_kept", None) or {}
-    prunable = prunable_parameters(model, spec)
-    before = record.get("before", {})
-    return {
-        "export": "remote_code" if getattr(model.config, "hf_prune_layout", None) is not None else "stock",
-        "kept_heads": {str(k): v for k, v in record.get("heads", {}).items()},
-        "kept_neurons": {str(k): v for k, v in record.get("neurons", {}).items()},
-        "before": before,
-        "after": {
-            "parameters": model_parameters(model),
-            "prunable_parameters": prunable,
-            "flops_per_sequence_128": forward_flops(model, spec, head_dim),
-            "layers": [s.to_dict() for s in layer_shapes(model, spec, head_dim)],
-        },
-        "sparsity": 1 - prunable / before["prunable_parameters"] if before else 0.0,
-        "hf_prune_version": _version(),
-    }
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def make_exportable(model: nn.Module) -> nn.Module:

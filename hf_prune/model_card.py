@@ -14,8 +14,8 @@ import jinja2
 from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
 
-from .architectures import get_architecture
-from .export import pruning_result
+from .architectures import get_architecture, task_classes
+from .report import pruning_result
 
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
@@ -50,10 +50,8 @@ def _stock_name(model: nn.Module) -> str:
 
 
 def _auto_class(model: nn.Module) -> str:
-    from .export import _family_classes
-
     stock = _stock_name(model)
-    for auto, name in _family_classes(get_architecture(model)).items():
+    for auto, name in task_classes(get_architecture(model)).items():
         if name == stock:
             return auto
     return "AutoModel"

@@ -8,20 +8,19 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .configs import PruningConfig
-    from .methods.base import PruningMethod
 
 
 @dataclass(frozen=True)
 class MethodEntry:
     name: str
     config_class: type[PruningConfig]
-    method_class: type[PruningMethod]
+    method_class: type  # a `hf_prune.PruningMethod` subclass
 
 
 _METHODS: dict[str, MethodEntry] = {}
 
 
-def register_method(config_class: type[PruningConfig], method_class: type[PruningMethod]) -> None:
+def register_method(config_class: type[PruningConfig], method_class: type) -> None:
     """Register a pruning method under `config_class.method` (lower-case, unique)."""
     name = config_class.method
     if name != name.lower() or name in _METHODS:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .accounting import forward_flops, model_parameters, prunable_parameters, unit_costs
-from .architectures import transformer_blocks
+from .accounting import forward_flops, layer_shapes, model_parameters, prunable_parameters, unit_costs
+from .architectures import get_architecture, transformer_blocks
 from .gates import HEADS, NEURONS, get_pruning_state
 
 
@@ -63,3 +63,32 @@ def pruning_metrics(model: nn.Module) -> dict[str, float]:
     metrics["pruning/parameter_ratio"] = summary["after_projected"]["parameters"] / summary["before"]["parameters"]
     metrics.update({f"pruning/{k}": v for k, v in state.method.metrics().items()})
     return metrics
+
+
+def pruning_result(model: nn.Module) -> dict:
+    """What a finalized model kept: export form, kept indices per layer, counts before and after, sparsity."""
+    spec = get_architecture(model)
+    head_dim = spec.head_dim(model.config)
+    record = getattr(model, "_hf_prune_kept", None) or {}
+    prunable = prunable_parameters(model, spec)
+    before = record.get("before", {})
+    return {
+        "export": "remote_code" if getattr(model.config, "hf_prune_layout", None) is not None else "stock",
+        "kept_heads": {str(k): v for k, v in record.get("heads", {}).items()},
+        "kept_neurons": {str(k): v for k, v in record.get("neurons", {}).items()},
+        "before": before,
+        "after": {
+            "parameters": model_parameters(model),
+            "prunable_parameters": prunable,
+            "flops_per_sequence_128": forward_flops(model, spec, head_dim),
+            "layers": [s.to_dict() for s in layer_shapes(model, spec, head_dim)],
+        },
+        "sparsity": 1 - prunable / before["prunable_parameters"] if before else 0.0,
+        "hf_prune_version": _version(),
+    }
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
