@@ -21,7 +21,10 @@ from tiny_models import FAMILIES, build, inputs, logits
 def tokenizer(folder: Path) -> tf.PreTrainedTokenizerBase:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
     (folder / "vocab.txt").write_text("\n".join(vocab))
-    return tf.BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    # transformers 5 takes `vocab=`; a `vocab_file=` keyword is ignored and leaves a 5-token vocabulary (all [UNK])
+    tok = tf.BertTokenizerFast(vocab=str(folder / "vocab.txt"))
+    assert len(tok) == len(vocab) and tok.convert_tokens_to_ids("w7") == vocab.index("w7"), len(tok)
+    return tok
 
 
 def main() -> None:
@@ -76,7 +79,9 @@ def main() -> None:
     trainer.push_to_hub()
     auto = AutoPrunedModel.from_pretrained("tester/trained-pruned")
     report["trainer_auto"] = (logits(auto, inputs(bert)) - expected).abs().max().item()
-    report["trainer_tokenizer"] = type(tf.AutoTokenizer.from_pretrained("tester/trained-pruned")).__name__
+    reloaded_tokenizer = tf.AutoTokenizer.from_pretrained("tester/trained-pruned")
+    report["trainer_tokenizer"] = type(reloaded_tokenizer).__name__
+    report["trainer_tokenizer_ids"] = reloaded_tokenizer("w3 w50 w93", add_special_tokens=False)["input_ids"]
     print("REPORT " + json.dumps(report))
 
 

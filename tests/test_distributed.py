@@ -10,6 +10,8 @@ import torch
 
 import hf_prune
 
+from .tiny_models import FAMILIES, inputs, logits
+
 
 def torchrun(world: int, tmp_path: Path, mode: str, timeout: int) -> None:
     """Run `ddp_train.py <tmp_path> <mode>` on `world` local processes; fail with its output if it fails."""
@@ -39,8 +41,8 @@ def test_two_process_training_makes_identical_decisions(tmp_path):
         pruned = tmp_path / method / "pruned"
         assert (pruned / "pruning_config.json").exists() and (pruned / "config.json").exists()
         assert not list(tmp_path.glob(f"{method}/*.tmp-*")), "staging folders left behind"
-        reloaded = hf_prune.AutoPrunedModel.from_pretrained(pruned)
-        assert reloaded is not None
+        reloaded = hf_prune.AutoPrunedModel.from_pretrained(pruned).eval()
+        torch.testing.assert_close(logits(reloaded, inputs(FAMILIES[0])), torch.tensor(ranks[0]["logits"]))
 
 
 def test_loss_scaling_does_not_depend_on_the_process_count(tmp_path):

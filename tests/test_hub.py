@@ -29,6 +29,7 @@ def test_push_and_reload_round_trip(tmp_path):
         assert report["bert_remote_code"] <= 1e-5 and report["bert_auto"] <= 1e-5
         assert report["llama_stock"] <= 1e-5 and report["llama_stock_class"] == "LlamaForCausalLM"
         assert report["trainer_auto"] <= 1e-5 and report["trainer_tokenizer"].startswith("Bert")
+        assert report["trainer_tokenizer_ids"] == [5 + 3, 5 + 50, 5 + 93]  # the published vocabulary, no [UNK]
 
         per_layer = set(hub.files("tester/bert-pruned"))
         assert {
@@ -57,7 +58,8 @@ def test_push_and_reload_round_trip(tmp_path):
         assert {"hf_prune", "pruned", "magnitude"} <= set(metadata["tags"])
         assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "text-classification"
         assert 'from_pretrained("tester/trained-pruned", trust_remote_code=True)' in card
-        assert "| accuracy |" not in card or "before pruning" in card
+        # finalize() evaluated on eval_dataset before and after pruning (no compute_metrics: the loss only)
+        assert "| metric | before pruning | after pruning |" in card and "\n| loss | " in card
         assert "latency (cpu" in card and "## Training hyper-parameters" in card and "eval: loss" not in card
 
 
