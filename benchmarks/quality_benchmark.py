@@ -54,8 +54,8 @@ from transformers import DataCollatorWithPadding, Trainer
 
 import hf_prune
 from hf_prune.gates import HEADS, NEURONS, get_pruning_state, masks_applied, remove_gates
-from hf_prune.methods.bingo import search_max_prune
 from hf_prune.methods.random import RandomMethod
+from hf_prune.methods.search import search_max_prune
 from hf_prune.report import gated_summary
 from hf_prune.selection import select_to_sparsity
 

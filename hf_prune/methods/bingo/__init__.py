@@ -1,8 +1,8 @@
-"""BINGO (Panangat, 2025, arXiv:2505.09864): random-subset significance probes during training, one-shot structured
-pruning after it. Design notes and the estimator formulas: docs bingo.md §3.
+"""BINGO (Panangat, 2025, arXiv:2505.09864): random-subset significance probes during training; structured
+pruning on the target schedule. Design notes and the estimator formulas: docs bingo.md §3.
 
 Modules: `config` (`BingoConfig`), `estimators` (probes -> per-unit effects), `probes` (drawing subsets, switching
-units off, measuring), `search` (accuracy-preserving search), `method` (`BingoMethod`).
+units off, measuring), `method` (`BingoMethod`). The accuracy-preserving search is `hf_prune.methods.search`.
 """
 
 from ...registry import register_method
@@ -16,7 +16,6 @@ from .estimators import (
     build_estimator,
 )
 from .method import BingoMethod
-from .search import SearchResult, SearchTrial, search_max_prune
 
 
 register_method(BingoConfig, BingoMethod)
@@ -29,8 +28,5 @@ __all__ = [
     "EmaEstimator",
     "Estimate",
     "RidgeEstimator",
-    "SearchResult",
-    "SearchTrial",
     "build_estimator",
-    "search_max_prune",
 ]

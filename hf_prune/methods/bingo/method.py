@@ -16,20 +16,19 @@ from torch import nn
 from ...gates import HEADS, NEURONS, UnitGate
 from ...selection import select_to_sparsity, unit_costs_by_layer
 from ..base import TargetMethod
-from ..taylor import GateGradients, GradientGate, world_size
+from ..gradients import GateGradients, GradientGate, world_size
+from ..search import SearchResult, preserved_modes, search_max_prune
 from .config import BingoConfig
 from .estimators import Estimate, Estimator, build_estimator
 from .probes import (
     InitialWeights,
     UnitLayout,
     draw_subset,
-    preserved_modes,
     probe_loss,
     probe_seed,
     relative_change,
     switched_off,
 )
-from .search import SearchResult, search_max_prune
 
 
 if TYPE_CHECKING:

@@ -118,17 +118,6 @@ def switched_off(layout: UnitLayout, ablated: torch.Tensor) -> Iterator[None]:
             gate.mask.copy_(mask)
 
 
-@contextmanager
-def preserved_modes(model: nn.Module) -> Iterator[None]:
-    """Restore every submodule's `training` flag on exit (`model.train()` would also flip deliberately frozen ones)."""
-    flags = [(module, module.training) for module in model.modules()]
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
-
-
 @dataclass
 class _Slice:
     """The features of one tensor that belong to the units of a layer: unit `u` owns features

@@ -1,4 +1,4 @@
-"""After training: the accuracy-preserving search over sparsity.
+"""The accuracy-preserving search over sparsity, for any method whose units have a ranking.
 
 It takes the `PruningTrainer` that trained the model. The search works for any method whose units have a fixed
 ranking (BINGO, Taylor, magnitude, random): it only sets gate masks, evaluates on the trainer's `eval_dataset`, and
@@ -7,19 +7,32 @@ restores the masks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import nn
 
-from ...gates import HEADS, NEURONS, PruningState, get_pruning_state, masks_applied
-from ...selection import select_to_sparsity
-from .probes import preserved_modes
+from ..gates import HEADS, NEURONS, PruningState, get_pruning_state, masks_applied
+from ..selection import select_to_sparsity
 
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def preserved_modes(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's `training` flag on exit (`model.train()` would also flip deliberately frozen ones)."""
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
 
 Masks = dict[str, list[torch.Tensor | None]]
 
