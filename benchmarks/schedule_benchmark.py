@@ -10,7 +10,9 @@ Torch-Pruning prunes a copy of the current model (units the schedule removed are
 the scheduled sparsity with the gradients of 256 training examples, and the units it removed become the mask (see
 `TorchPruningMethod`). The comparison therefore measures the criterion, not the schedule.
 
-The dense rows are the quality benchmark's (same data, budget and seeds). Finished runs are appended to
+BMRS (`--methods BMRS_N BMRS_U-4`) prunes during the same fine-tuning to its own stopping point, with the same guard
+rails. The dense rows are this benchmark's own `dense` runs when it has them (`--methods dense`, needed for other
+training-set sizes), else the quality benchmark's (same data, budget and seeds). Finished runs are appended to
 `benchmarks/results/schedule_runs.jsonl`; an interrupted benchmark continues where it stopped, and `--report_only`
 rewrites the section of BENCHMARKS.md.
 
@@ -32,7 +34,16 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import ROOT, environment, finalized_record, sentiment_splits, test_metrics, train, training_arguments
+from common import (
+    BMRS_VARIANTS,
+    ROOT,
+    environment,
+    finalized_record,
+    sentiment_splits,
+    test_metrics,
+    train,
+    training_arguments,
+)
 from torch_pruning_peer import MAX_LAYER_RATIO, prune_to_sparsity
 from transformers import DataCollatorWithPadding
 
@@ -128,8 +139,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--methods",
         nargs="+",
         default=list(METHODS),
-        choices=["dense", *METHODS, *VARIANTS],
-        help="'dense': a plain fine-tune with the same budget (default: the quality benchmark's dense runs)",
+        choices=["dense", *BMRS_VARIANTS, *METHODS, *VARIANTS],
+        help="'dense': a plain fine-tune with the same budget (default: the quality benchmark's dense runs); BMRS "
+        "variants prune to their own stopping point, with the same guard rails",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7])
@@ -151,15 +163,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def config_for(method: str, args, target: float, neurons: int) -> TargetConfig:
+def config_for(method: str, args, target: float, neurons: int) -> hf_prune.PruningConfig:
     """Every method with the same schedule and the same guard rails as the quality benchmark."""
+    rails = dict(min_heads_per_layer=1, min_neurons_per_layer=round((1 - MAX_LAYER_RATIO) * neurons))
+    if method in BMRS_VARIANTS:
+        return hf_prune.BmrsConfig(**BMRS_VARIANTS[method], **rails)
     common = dict(
-        target_sparsity=target,
-        schedule=args.schedule,
-        prune_start=args.prune_start,
-        prune_end=args.prune_end,
-        min_heads_per_layer=1,
-        min_neurons_per_layer=round((1 - MAX_LAYER_RATIO) * neurons),
+        target_sparsity=target, schedule=args.schedule, prune_start=args.prune_start, prune_end=args.prune_end, **rails
     )
     if method == "torch_pruning_taylor":
         return TorchPruningConfig(**common)
@@ -252,15 +262,16 @@ def markdown(args, rows: list[dict], dense: list[dict], raw: str) -> str:
             f"{mean_sd([r['test_macro_f1'] for r in dense])} | 0 % | 1.00× | "
             f"{mean_sd([r['train_seconds'] for r in dense], 1, 0)} | {len(dense)} |"
         )
-    for target in sorted({r["target"] for r in rows}):
-        for method in (*METHODS, *VARIANTS):
+    for target in [None, *sorted({r["target"] for r in rows if r["target"] is not None})]:
+        for method in (*BMRS_VARIANTS, *METHODS, *VARIANTS):
             cell = [r for r in rows if r["method"] == method and r["target"] == target]
             if not cell:
                 continue
             accuracy = [r["test_accuracy"] for r in cell]
             delta = f"{100 * (statistics.fmean(accuracy) - dense_acc):+.1f}" if dense_acc is not None else "–"
             lines.append(
-                f"| {TITLES[method]} | {target:.0%} | {mean_sd(accuracy)} | {delta} | "
+                f"| {TITLES.get(method, method)} | {'own' if target is None else f'{target:.0%}'} | {mean_sd(accuracy)} | "
+                f"{delta} | "
                 f"{mean_sd([r['test_macro_f1'] for r in cell])} | {mean_sd([r['sparsity'] for r in cell])} % | "
                 f"{mean_sd([r['flops_ratio'] for r in cell], 1, 2)}× | "
                 f"{mean_sd([r['train_seconds'] for r in cell], 1, 0)} | {len(cell)} |"
@@ -292,9 +303,10 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         for target in args.sparsities:
             for method in args.methods:
-                if method == "dense" and target != args.sparsities[0]:
-                    continue  # one dense run per seed
-                key = run_key(args, method, 0.0 if method == "dense" else target, seed)
+                own_point = method == "dense" or method in BMRS_VARIANTS
+                if own_point and target != args.sparsities[0]:
+                    continue  # one run per seed: no target
+                key = run_key(args, method, None if own_point else target, seed)
                 found = log.find(key)
                 if found is None and not args.report_only:
                     if splits is None:
@@ -305,8 +317,8 @@ def main(argv: list[str] | None = None) -> None:
 
                         neurons = transformers.AutoConfig.from_pretrained(pretrained_path()).intermediate_size
                     with tempfile.TemporaryDirectory() as workdir:
-                        target_or_none = 0.0 if method == "dense" else target
-                        found = [run_one(method, target_or_none, seed, args, splits, tokenizer, neurons, workdir)]
+                        point = None if own_point else target
+                        found = [run_one(method, point, seed, args, splits, tokenizer, neurons, workdir)]
                     log.add(key, found)
                 rows.extend(found or [])
                 if rows and not args.report_only:
