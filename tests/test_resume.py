@@ -1,6 +1,10 @@
-"""Exact resume: a run interrupted at a checkpoint and resumed ends with the same pruned model."""
+"""Exact resume: a run interrupted at a checkpoint and resumed ends with the same pruned model.
+
+Target methods run the cubic schedule from step 0 to step 6, one event per step, so checkpoint-3 lies in the middle of
+the schedule (asserted below) and the resumed run makes the events of steps 4-6."""
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -37,8 +41,13 @@ def run(tmp_path, name, config, resume=None, max_steps=6):
 
 @pytest.mark.parametrize("method", hf_prune.available_methods())
 def test_resume_continues_exactly(method, tmp_path):
-    config = method_config(method, 0.4, seed=3)
+    schedule = {"prune_start": 0.0, "prune_end": 1.0} if method != "bmrs" else {}
+    config = method_config(method, 0.4, seed=3, **schedule)
     full = run(tmp_path, "full", config)
+    if isinstance(config, hf_prune.TargetConfig):
+        saved = json.loads((tmp_path / "full" / "checkpoint-3" / "pruning_config.json").read_text())["result"]
+        final = hf_prune.report.gated_summary(full.model)["sparsity"]
+        assert 0.1 < saved["sparsity"] < final, (saved["sparsity"], final)  # part of the way to the target
     resumed = run(tmp_path, "resumed", config, resume=str(tmp_path / "full" / "checkpoint-3"))
     state_full = full.model.state_dict()
     state_resumed = resumed.model.state_dict()
