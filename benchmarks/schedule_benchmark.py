@@ -60,6 +60,7 @@ METHODS = ("bingo", "taylor", "magnitude", "random", "torch_pruning_taylor")
 VARIANTS = {
     "bingo_second_order": ("bingo", {"prior": "second_order"}),
     "taylor_normalized": ("taylor", {"normalize_layers": True}),
+    "bingo_one_shot": ("bingo", {"schedule": "one_shot"}),
 }
 TITLES = {
     "dense": "dense (no pruning)",
@@ -70,6 +71,7 @@ TITLES = {
     "torch_pruning_taylor": "Torch-Pruning, group Taylor (same schedule)",
     "bingo_second_order": "BINGO, second-order prior (ablation)",
     "taylor_normalized": "Taylor, normalised per layer (ablation)",
+    "bingo_one_shot": "BINGO, one event at prune_end (schedule ablation)",
 }
 TRAINING_KEYS = ("train_samples", "test_samples", "epochs", "max_steps", "batch_size", "max_length", "learning_rate")
 SCHEDULE_KEYS = ("schedule", "prune_start", "prune_end")
@@ -174,7 +176,7 @@ def config_for(method: str, args, target: float, neurons: int) -> hf_prune.Pruni
     if method == "torch_pruning_taylor":
         return TorchPruningConfig(**common)
     method, fields = VARIANTS.get(method, (method, {}))
-    return hf_prune.registry.get_method(method).config_class(**common, **fields)
+    return hf_prune.registry.get_method(method).config_class(**{**common, **fields})
 
 
 def run_one(method: str, target: float, seed: int, args, splits, tokenizer, neurons: int, workdir: str) -> dict:
