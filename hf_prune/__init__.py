@@ -10,8 +10,8 @@ from .finalize import finalize_model
 from .gates import UnitGate, prepare_model_for_pruning
 from .methods import BingoConfig, BmrsConfig, MagnitudeConfig, PruningMethod, RandomConfig, TaylorConfig
 from .model_card import set_card_info
+from .prune import prune_structures
 from .registry import available_methods, register_method
-from .surgery import prune_structures
 from .trainer import PruningArguments, PruningTrainer
 
 

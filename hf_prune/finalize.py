@@ -8,7 +8,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .architectures import transformer_blocks
 from .gates import HEADS, NEURONS, get_pruning_state, remove_gates
-from .surgery import prune_structures
+from .prune import prune_structures
 
 
 @torch.no_grad()

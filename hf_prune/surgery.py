@@ -10,26 +10,16 @@ from torch import nn
 from . import modeling_hf_prune as runtime
 from .accounting import forward_flops, layer_shapes, model_parameters, prunable_parameters
 from .architectures import ArchitectureSpec, get_architecture, transformer_blocks
-from .export import make_exportable
 
 
-def prune_structures(
+def remove_units(
     model: nn.Module,
     heads: Mapping[int, Iterable[int]] | None = None,
     neurons: Mapping[int, Iterable[int]] | None = None,
 ) -> nn.Module:
-    """Remove the listed attention heads and MLP neurons from `model`, in place, and return it.
-
-    Args:
-        model: a model of a supported family (see `hf_prune.supported_model_types()`), without pruning gates.
-        heads: `{layer: [query head indices]}` to remove. Indices refer to the model's *current* heads, so after an
-            earlier prune they are positions among the heads that are left. Under grouped-query attention a key/value
-            head is removed with its whole group; every group that keeps heads must keep the same number of them.
-        neurons: `{layer: [neuron indices]}` of MLP intermediate neurons to remove, indexed the same way.
-
-    The result keeps stock module classes (a block that loses every head or neuron gets a bias-only stand-in), and
-    `model.save_pretrained` writes a folder that reloads with the same logits (see `hf_prune.AutoPrunedModel`).
-    """
+    """Remove the listed heads and neurons from `model`'s modules, in place, and record what was kept (relative to
+    the original model) on it. `hf_prune.prune_structures` is the public entry point: it also makes the model
+    saveable."""
     if getattr(model, "_hf_prune_state", None) is not None:
         raise ValueError(
             "This model still has pruning gates: call `hf_prune.finalize_model(model)`, which bakes the gates in and "
@@ -54,7 +44,6 @@ def prune_structures(
             record["neurons"][i] = [record["neurons"][i][j] for j in keep_neurons.tolist()]
         runtime.resize_block(layer, spec.to_dict(), head_dim, keep_heads, keep_kv, keep_neurons)
 
-    make_exportable(model)
     return model
 
 

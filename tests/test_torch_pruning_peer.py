@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_prune.surgery import prune_structures
+from hf_prune import prune_structures
 
 from .tiny_models import FAMILIES, build, inputs
 

@@ -177,8 +177,8 @@ def test_nan_gate_state_is_refused_at_finalize():
 
 
 def test_masks_applied_evaluates_another_sparsity_and_restores():
+    from hf_prune import prune_structures
     from hf_prune.gates import HEADS, NEURONS, get_pruning_state, masks_applied
-    from hf_prune.surgery import prune_structures
 
     family = next(f for f in FAMILIES if f.name == "bert")
     model = build(family).eval()
