@@ -55,6 +55,21 @@ class UnitGate(nn.Module):
         """Training-time multipliers, float32, shape `[num_units]` or `[batch_size, num_units]`."""
         return self.expected()
 
+    def _apply(self, fn, recurse: bool = True):
+        """Module conversions (`.to`, `.half()`, ...) apply as usual, except that floating parameters and buffers of
+        a gate stay float32, so `model.to(torch.bfloat16)` leaves gate state and optimizer updates at full
+        precision. The bool keep-mask is untouched."""
+        super()._apply(fn, recurse)
+        for p in self._parameters.values():
+            if p is not None and p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
+                if p.grad is not None:
+                    p.grad = p.grad.float()
+        for name, b in self._buffers.items():
+            if b is not None and b.is_floating_point() and b.dtype != torch.float32:
+                self._buffers[name] = b.float()
+        return self
+
     def forward(self, batch_size: int) -> torch.Tensor:
         values = self.sample(batch_size) if self.training else self.expected()
         # `where`, not a product: a pruned unit stays exactly 0 even if its gate state were NaN or inf

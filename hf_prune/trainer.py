@@ -173,6 +173,15 @@ class PruningTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and is_prepared(self.pruned_model):
+            # The task loss alone, in the units of the logged `loss` (per optimizer step, summed over its
+            # micro-batches), kept on the device so that no step waits for it.
+            accumulation = self.current_gradient_accumulation_steps
+            part = loss.detach().float().mean()
+            if not self._loss_scaled_for_ga(num_items_in_batch):
+                part = part / accumulation
+            total, steps = getattr(self, "_task_loss", None) or (0.0, 0.0)
+            self._task_loss = (total + part, steps + 1 / accumulation)
         if model.training and is_prepared(self.pruned_model) and self.args.pruning_loss_weight > 0:
             extra = get_pruning_state(self.pruned_model).method.loss(self._num_training_examples())
             if extra is not None:
@@ -199,6 +208,14 @@ class PruningTrainer(Trainer):
             if self._pruning_loss_count:
                 logs["pruning/loss_term"] = self._pruning_loss_sum / self._pruning_loss_count
                 self._pruning_loss_sum, self._pruning_loss_count = 0.0, 0
+            total, steps = getattr(self, "_task_loss", None) or (0.0, 0.0)
+            if steps:
+                # mean per optimizer step since the last log, averaged over processes like the logged `loss`
+                task = total / steps
+                if self.args.world_size > 1:
+                    task = self.accelerator.reduce(task, "mean")
+                logs["pruning/task_loss"] = float(task)
+                self._task_loss = None
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

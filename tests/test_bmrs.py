@@ -23,7 +23,7 @@ def token_search_task(n: int, seed: int) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": present.long().tolist()})
 
 
-def train(tmp_path, config, **overrides):
+def train(tmp_path, config, train_size=512, **overrides):
     args = dict(
         output_dir=str(tmp_path),
         num_train_epochs=8,
@@ -40,7 +40,7 @@ def train(tmp_path, config, **overrides):
         model=build(FAMILIES[0]),
         args=PruningArguments(**{**args, **overrides}),
         pruning_config=config,
-        train_dataset=token_search_task(512, 0),
+        train_dataset=token_search_task(train_size, 0),
         eval_dataset=token_search_task(256, 1),
     )
     trainer.train()
@@ -171,6 +171,7 @@ def test_gate_math_in_float32_under_bf16_autocast():
         ({"noise": "batch"}, "noise"),
         ({"pruning_interval": 0}, "pruning_interval"),
         ({"upper": 1.0}, "upper"),
+        ({"pretrained_evidence": -1}, "pretrained_evidence"),
     ],
 )
 def test_invalid_bmrs_config(kwargs, field):
@@ -188,3 +189,93 @@ def test_default_gate_learning_rate_follows_the_run_length(tmp_path):
         trainer.state.max_steps = max_steps
         groups = [g for g in trainer.create_optimizer().param_groups if g.get("hf_prune_gates")]
         assert groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_mean_kl_weight_of_a_surviving_gate_does_not_grow_as_units_go():
+    """`kl_weighting="mean"` divides each layer's KL by its full unit count: masking other units (a whole layer
+    included) leaves the gradient of a surviving gate unchanged."""
+    model = build(FAMILIES[0])
+    hf_prune.prepare_model_for_pruning(model, BmrsConfig(kl_weighting="mean"))
+    state = get_pruning_state(model)
+    heads, neurons = state.gates("heads"), state.gates("neurons")
+    for gate in heads + neurons:
+        gate.log_sigma.data.fill_(-1.0)
+
+    def gradient():
+        for gate in heads + neurons:
+            gate.mu.grad = None
+        state.method.loss(None).backward()
+        return neurons[0].mu.grad[:4].clone(), heads[1].mu.grad[:2].clone()
+
+    before = gradient()
+    assert before[0].abs().min() > 0
+    neurons[0].mask[4:] = False  # most of the layer goes
+    heads[1].mask[2:] = False
+    heads[0].mask[:] = False  # and a whole layer
+    after = gradient()
+    for b, a in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
+def test_gate_parameters_stay_float32_when_the_model_is_cast_to_bf16():
+    family = FAMILIES[5]  # llama
+    model = build(family)
+    hf_prune.prepare_model_for_pruning(model, BmrsConfig())
+    model.to(torch.bfloat16)
+    state = get_pruning_state(model)
+    gates = state.gates("heads") + state.gates("neurons")
+    assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+    assert all(g.mu.dtype == g.log_sigma.dtype == torch.float32 for g in gates)
+    assert all(g.mask.dtype == torch.bool for g in gates)
+    model.train()
+    batch = inputs(family)
+    out = model(**batch, labels=batch["input_ids"])
+    out.loss.backward()
+    assert out.logits.dtype == torch.bfloat16
+    assert all(g.mu.grad is not None and g.mu.grad.dtype == torch.float32 for g in gates)
+    assert all(torch.isfinite(g.mu.grad).all() and torch.isfinite(g.log_sigma.grad).all() for g in gates)
+    assert any(bool(g.mu.grad.abs().sum() > 0) for g in gates)
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_task_loss_is_logged_beside_the_kl_term(tmp_path, accumulation):
+    trainer = train(
+        tmp_path,
+        BmrsConfig(pretrained_evidence=0),  # the plain ELBO: the KL weighs most
+        train_size=64,
+        num_train_epochs=4,
+        per_device_train_batch_size=16 // accumulation,
+        gradient_accumulation_steps=accumulation,
+        logging_steps=2,
+    )
+    logs = [h for h in trainer.state.log_history if "loss" in h and "pruning/task_loss" in h]
+    assert len(logs) >= 4
+    for h in logs:
+        assert h["pruning/task_loss"] < 0.1 * h["loss"]  # the KL of 104 gates / 64 examples dominates `loss`
+        # both are means per optimizer step over the same steps: they add up to the logged loss
+        assert h["pruning/task_loss"] + h["pruning/loss_term"] == pytest.approx(h["loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("evidence", [None, 0, 50])
+def test_elbo_counts_the_pretrained_model_as_examples(evidence):
+    """`kl_weighting="elbo"` divides the KL by N + `pretrained_evidence` (default: the number of gated units G), so
+    the weight per gate never exceeds 1/G however few examples there are, and tends to the plain ELBO's 1/N for
+    N >> G. Masked units leave the divisor unchanged."""
+    model = build(FAMILIES[0])
+    hf_prune.prepare_model_for_pruning(model, BmrsConfig(pretrained_evidence=evidence))
+    state = get_pruning_state(model)
+    gates = state.gates("heads") + state.gates("neurons")
+    total_units = sum(g.num_units for g in gates)
+    assert total_units == 2 * (4 + 48)
+    offset = total_units if evidence is None else evidence
+    for gate in gates:
+        gate.log_sigma.data.uniform_(-3, 2)
+    kl = sum(g.kl().sum() for g in gates)
+    for n in (1, 64, 10**6):
+        torch.testing.assert_close(state.method.loss(n), kl / (n + offset))
+    if evidence is None:
+        assert float(state.method.loss(1)) <= float(kl) / total_units  # the per-gate weight is capped at 1/G
+        assert float(state.method.loss(10**6)) == pytest.approx(float(kl) / 10**6, rel=2 * total_units / 10**6)
+    gates[0].mask[:2] = False
+    masked_kl = kl - gates[0].kl()[:2].sum()
+    torch.testing.assert_close(state.method.loss(64), masked_kl / (64 + offset))

@@ -28,9 +28,23 @@ class BmrsConfig(PruningConfig):
             to 0 from below (about −0.1), so the exact rule keeps it forever. Measured on the synthetic test task:
             104 of 104 units became diffuse (SNR < 1, E[θ] < 0.1) and the exact rule pruned none. Both counts are
             logged (`pruning/bmrs/would_prune/bmrs_n_exact` and `.../bmrs_n`); set `False` for the exact rule.
-        kl_weighting (`str`, defaults to `"elbo"`): `"elbo"` = sum of the gates' KL / number of training examples
-            (the variational free energy per example); `"mean"` = mean KL per gate, averaged over layers (the
-            authors' code; a much heavier weight for large datasets).
+        kl_weighting (`str`, defaults to `"elbo"`): `"elbo"` = sum of the gates' KL / (number of training examples
+            N + `pretrained_evidence`), the variational free energy per example; `"mean"` = per gate layer, the KL
+            of its unmasked gates divided by its full unit count, averaged over layers (the authors' code; the
+            weights of the G gates sum to 1, 1/G on average; removed units count as 0, so a survivor's weight
+            never grows as units go).
+        pretrained_evidence (`int`, *optional*): the evidence the pretrained starting point is worth, in training
+            examples; the KL is divided by N + this. Defaults to the number of gated units G (one pseudo-example
+            per unit); `0` gives the plain ELBO (a model trained from scratch). Why: the KL is the description
+            length of the gates, and with weight 1/N only the N labels pay for it (a binary label carries at most
+            log 2 nats). With N below G the labels cannot pay for an average unit, whatever the pretrained model
+            already knows. Measured on MiniLM-L6 (G = 9,288) with 500 tweets, plain ELBO: all gates relaxed in
+            lockstep (10-90 % spread of log σ under 0.025 for 95 steps), the gated model stalled at 76 % validation
+            accuracy before any removal (dense: 83-87 %), and one decision removed 99.8 % of the units; the final
+            model lost 7.6 points of test accuracy and 0.15 macro-F1 to the dense one. Counting the pretrained
+            model as G examples caps the weight per gate at 1/G, a gate's average weight under the authors'
+            `mean` weighting, with which the paper's results were obtained, and fades once N ≫ G. Same run with it: 67 % of prunable parameters
+            removed at the dense test accuracy (86.5 %; macro-F1 0.83 vs 0.84).
         noise (`str`, defaults to `"example"`): one gate sample per example shared across tokens (`"example"`), or
             one per element as in the authors' code (`"element"`).
         lower, upper (`float`, default to `-20.0` and `0.0`): truncation bounds of log θ.
@@ -53,7 +67,13 @@ class BmrsConfig(PruningConfig):
     code_parity: bool = field(
         default=True, metadata={"help": "Use the reference code's BMRS_N (without 1/2 log(2 pi)); False: paper-exact."}
     )
-    kl_weighting: str = field(default="elbo", metadata={"help": "'elbo' (sum KL / N) or 'mean' (authors' code)."})
+    kl_weighting: str = field(
+        default="elbo", metadata={"help": "'elbo' (sum KL / (N + pretrained_evidence)) or 'mean' (authors' code)."}
+    )
+    pretrained_evidence: int | None = field(
+        default=None,
+        metadata={"help": "Examples the pretrained start is worth (default: number of gated units; 0: plain ELBO)."},
+    )
     noise: str = field(default="example", metadata={"help": "'example' (shared across tokens) or 'element'."})
     lower: float = field(default=-20.0, metadata={"help": "Lower truncation bound of log theta."})
     upper: float = field(default=0.0, metadata={"help": "Upper truncation bound of log theta."})
@@ -70,6 +90,12 @@ class BmrsConfig(PruningConfig):
         _require(self.variant in ("normal", "uniform"), "variant", self.variant, "use 'normal' or 'uniform'")
         _require(self.kl_weighting in ("elbo", "mean"), "kl_weighting", self.kl_weighting, "use 'elbo' or 'mean'")
         _require(self.noise in ("example", "element"), "noise", self.noise, "use 'example' or 'element'")
+        _require(
+            self.pretrained_evidence is None or self.pretrained_evidence >= 0,
+            "pretrained_evidence",
+            self.pretrained_evidence,
+            "use a number of examples >= 0 (0: the plain ELBO), or None for the number of gated units",
+        )
         _require(self.lower < self.upper <= 0, "upper", self.upper, "use lower < upper <= 0 (log of a gate in (0, 1])")
         _require(0 <= self.p1 < self.p2, "p1", self.p1, "use integers with 0 <= p1 < p2")
         _require(

@@ -71,10 +71,10 @@ class BmrsMethod(PruningMethod):
     def loss(self, num_training_examples: int | None) -> torch.Tensor:
         """The KL term of one optimizer step; masked units contribute nothing.
 
-        `"elbo"`: sum of the unmasked gates' KL / number of training examples. `"mean"`: per gate layer, the KL sum of
-        its unmasked gates divided by the layer's *full* unit count, averaged over all gate layers. Dividing by the
-        full counts keeps each surviving gate's weight fixed as units go (a mean over survivors would push the last
-        units of a layer harder and harder, and removed every unit in our benchmark).
+        `"elbo"`: sum of the unmasked gates' KL / (`num_training_examples` + `evidence_offset()`). `"mean"`: per
+        gate layer, the KL sum of its unmasked gates divided by the layer's *full* unit count, averaged over all gate
+        layers. Dividing by the full counts keeps each surviving gate's weight fixed as units go (a mean over
+        survivors would push the last units of a layer harder and harder, and removed every unit in our benchmark).
         """
         gates = self._gates()
         if self.config.kl_weighting == "elbo":
@@ -83,8 +83,15 @@ class BmrsMethod(PruningMethod):
                     "kl_weighting='elbo' needs the number of training examples (a sized train_dataset); "
                     "use kl_weighting='mean' for iterable datasets."
                 )
-            return sum(g.kl()[g.mask].sum() for g in gates) / num_training_examples
+            return sum(g.kl()[g.mask].sum() for g in gates) / (num_training_examples + self.evidence_offset())
         return sum(g.kl()[g.mask].sum() / g.num_units for g in gates) / len(gates)
+
+    def evidence_offset(self) -> int:
+        """Pseudo-examples of evidence credited to the pretrained starting point: `pretrained_evidence`, by default
+        the number of gated units (masked ones included, so the weight does not change as units go)."""
+        if self.config.pretrained_evidence is not None:
+            return self.config.pretrained_evidence
+        return sum(g.num_units for g in self._gates())
 
     # -- decisions --------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -115,7 +122,7 @@ class BmrsMethod(PruningMethod):
                 delta = self.delta_f(gate).cpu()
                 mask = gate.mask.detach().cpu()
                 keep[kind].append(mask.clone() if bool(gate.frozen) else mask & ~(delta >= 0))
-                scores[kind].append((-delta).float())
+                scores[kind].append(-delta)
         return keep, scores
 
     @torch.no_grad()
