@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import datasets
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
@@ -16,7 +15,7 @@ from hf_prune import BmrsConfig, PruningArguments, PruningTrainer
 
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import FAMILIES, build, inputs, logits, method_config  # noqa: E402
+from tiny_models import FAMILIES, build, dataset, inputs, logits, method_config  # noqa: E402
 
 
 def digest(model) -> str:
@@ -29,9 +28,7 @@ def digest(model) -> str:
 
 def main(output: Path, methods: list[str]) -> None:
     family = FAMILIES[0]
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 99, (64, 8), generator=g)
-    train = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] > 50).long().tolist()})
+    train = dataset(family, 64)
     report = {}
     for method in methods:
         config = method_config(method, 0.4)
@@ -81,9 +78,7 @@ def gradients(output: Path, average_tokens: bool) -> None:
     """One optimizer step over the same 8 examples (8 on one process, or 4 on each of two) with deterministic
     gates: the averaged gradients, task loss and BMRS KL term alike, must not depend on the process count."""
     family = FAMILIES[0]
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 99, (8, 8), generator=g)
-    train = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] > 50).long().tolist()})
+    train = dataset(family, 8)
     model = build(family)
     model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
     for module in model.modules():

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from datasets import Dataset
 from safetensors.torch import load_file
 
 import hf_prune
@@ -15,37 +14,7 @@ from hf_prune.methods.bingo import BingoConfig, EmaEstimator, build_estimator
 from hf_prune.methods.bingo.probes import InitialWeights, UnitLayout, switched_off
 from hf_prune.selection import unit_costs_by_layer
 
-from .tiny_models import FAMILIES, build, inputs, logits
-
-
-FAMILY = {f.name: f for f in FAMILIES}
-
-
-def _dataset(family, size=48, seed=0, length=8):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, 99, (size, length), generator=g)
-    causal = family.task_class.__name__.endswith(("CausalLM", "LMHeadModel"))
-    labels = ids if causal else (ids[:, 0] > 50).long()  # a learnable rule for classifiers
-    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
-
-
-def _trainer(model, config, tmp_path, steps=6, **kwargs):
-    options = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        max_steps=steps,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        learning_rate=1e-3,
-        seed=0,
-        disable_tqdm=True,
-    )
-    options.update(kwargs.pop("args", {}))
-    return hf_prune.PruningTrainer(
-        model=model, args=hf_prune.PruningArguments(**options), pruning_config=config, **kwargs
-    )
+from .tiny_models import FAMILY, build, counting_dataset, dataset, inputs, logits, trainer_for
 
 
 def _method(model):
@@ -97,10 +66,10 @@ def test_probes_do_not_change_training(family_name, options, tmp_path):
     """Same seed, probes on (every step, two masked passes, gradient accumulation) and off: identical weights. The
     models have dropout, so a probe that consumed the global random stream would change the trajectory."""
     family = FAMILY[family_name]
-    data = _dataset(family)
+    data = dataset(family, 48)
 
     def train(config):
-        trainer = _trainer(
+        trainer = trainer_for(
             build(family).train(),
             config,
             tmp_path,
@@ -279,7 +248,7 @@ def test_target_sparsity_end_to_end_and_reload(family_name, options, tmp_path):
     family = FAMILY[family_name]
     model = build(family)
     config = BingoConfig(target_sparsity=0.5, probe_interval=1, probe_start=0.25, p_head=0.3, p_neuron=0.2, **options)
-    trainer = _trainer(model, config, tmp_path, steps=8, train_dataset=_dataset(family))
+    trainer = trainer_for(model, config, tmp_path, steps=8, train_dataset=dataset(family, 48))
     trainer.train()
     method = _method(model)
     assert int(method.statistics.probes) == 6
@@ -312,22 +281,15 @@ class _Counting(torch.utils.data.Dataset):
         return self.data[index]
 
 
-def _counting(size, seed=0, length=8):
-    """Sequences that count up by one: a tiny causal LM learns them in a few steps, so pruning then costs loss."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, 40, (size, 1), generator=g) + torch.arange(length)
-    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
-
-
 def test_max_metric_drop_uses_the_eval_split_and_stops_at_the_tolerance(tmp_path):
-    data = _counting(128)
+    data = counting_dataset(128)
     train, val, test = (
         _Counting(data.select(r), n)
         for r, n in ((range(64), "train"), (range(64, 96), "val"), (range(96, 128), "test"))
     )
     model = build(FAMILY["llama"])
     config = BingoConfig(max_metric_drop=0.02, search_step=0.05, probe_interval=1, schedule="final")
-    trainer = _trainer(
+    trainer = trainer_for(
         model, config, tmp_path, steps=24, train_dataset=train, eval_dataset=val, args={"learning_rate": 1e-2}
     )
     trainer.train()
@@ -355,11 +317,11 @@ def test_max_metric_drop_uses_the_eval_split_and_stops_at_the_tolerance(tmp_path
 
 def test_statistics_live_in_checkpoints_and_resume_exactly(tmp_path):
     family = FAMILY["bert"]
-    data = _dataset(family)
+    data = dataset(family, 48)
     config = BingoConfig(probe_interval=1, probe_start=0.0)
 
     def trainer(path):
-        return _trainer(
+        return trainer_for(
             build(family), config, path, steps=6, train_dataset=data, args={"save_strategy": "steps", "save_steps": 3}
         )
 

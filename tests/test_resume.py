@@ -12,8 +12,7 @@ import torch
 import hf_prune
 from hf_prune import MagnitudeConfig, PruningTrainer
 
-from .test_trainer import arguments, dataset
-from .tiny_models import FAMILIES, build, method_config
+from .tiny_models import FAMILIES, arguments, build, dataset, method_config
 
 
 def digest(model) -> str:

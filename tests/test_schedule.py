@@ -13,11 +13,9 @@ from hf_prune.gates import HEADS, NEURONS, get_pruning_state
 from hf_prune.report import gated_summary
 from hf_prune.selection import unit_costs_by_layer
 
-from .test_trainer import arguments, dataset
-from .tiny_models import FAMILIES, build, method_config
+from .tiny_models import FAMILY, arguments, build, dataset, method_config
 
 
-FAMILY = {f.name: f for f in FAMILIES}
 TARGET_METHODS = ["bingo", "magnitude", "random", "taylor"]
 
 

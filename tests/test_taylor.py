@@ -11,11 +11,7 @@ from hf_prune.methods.search import search_max_prune
 from hf_prune.methods.taylor import TaylorConfig
 from hf_prune.selection import unit_costs_by_layer
 
-from .test_bingo import _counting, _dataset, _trainer
-from .tiny_models import FAMILIES, build, inputs, logits
-
-
-FAMILY = {f.name: f for f in FAMILIES}
+from .tiny_models import FAMILY, build, counting_dataset, dataset, inputs, logits, trainer_for
 
 
 def test_config_rejects_bad_start():
@@ -89,12 +85,12 @@ def test_scores_need_training():
 def test_taylor_end_to_end(family_name, normalize, tmp_path):
     family = FAMILY[family_name]
     model = build(family)
-    trainer = _trainer(
+    trainer = trainer_for(
         model,
         TaylorConfig(target_sparsity=0.4, normalize_layers=normalize, schedule="final", time_weighting="none"),
         tmp_path,
         steps=4,
-        train_dataset=_dataset(family),
+        train_dataset=dataset(family, 48),
         args={"gradient_accumulation_steps": 2},
     )
     trainer.train()
@@ -114,9 +110,9 @@ def test_taylor_end_to_end(family_name, normalize, tmp_path):
 
 
 def test_metric_search_works_for_taylor_too(tmp_path):
-    data = _counting(96)
+    data = counting_dataset(96)
     model = build(FAMILY["llama"])
-    trainer = _trainer(
+    trainer = trainer_for(
         model,
         TaylorConfig(schedule="final"),
         tmp_path,

@@ -2,42 +2,13 @@
 
 import json
 
-import datasets
 import pytest
 import torch
 
 import hf_prune
 from hf_prune import MagnitudeConfig, PruningArguments, PruningTrainer, RandomConfig
 
-from .tiny_models import FAMILIES, FAMILY_IDS, build, inputs, logits, method_config
-
-
-def dataset(family, n=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    if family.vision:
-        pixels = torch.randn(n, 3, 16, 16, generator=g)
-        return datasets.Dataset.from_dict(
-            {"pixel_values": pixels.tolist(), "labels": (pixels[:, 0, 0, 0] > 0).long().tolist()}
-        )
-    ids = torch.randint(3, 99, (n, 8), generator=g)
-    if family.task_class.__name__.endswith(("CausalLM", "LMHeadModel")):
-        return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
-    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] > 50).long().tolist()})
-
-
-def arguments(tmp_path, **overrides):
-    defaults = dict(
-        output_dir=str(tmp_path / "run"),
-        max_steps=4,
-        per_device_train_batch_size=8,
-        logging_steps=2,
-        save_steps=2,
-        use_cpu=True,
-        report_to=[],
-        seed=0,
-        learning_rate=1e-3,
-    )
-    return PruningArguments(**{**defaults, **overrides})
+from .tiny_models import FAMILIES, FAMILY_IDS, arguments, build, dataset, inputs, logits, method_config
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)

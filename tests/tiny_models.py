@@ -1,10 +1,12 @@
-"""Tiny random models of every supported family, built from config (no downloads). One row per family."""
+"""Shared test builders: tiny random models of every supported family (built from config, no downloads; one row per
+family), their inputs and data sets, and the `PruningArguments`/`PruningTrainer` the tests train with."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import datasets
 import torch
 import transformers as tf
 
@@ -143,6 +145,7 @@ FAMILIES = [
     ),
 ]
 FAMILY_IDS = [f.name for f in FAMILIES]
+FAMILY = {f.name: f for f in FAMILIES}
 
 
 def build(family: Family, task: bool = True, seed: int = 0, attn: str = "sdpa") -> torch.nn.Module:
@@ -182,3 +185,62 @@ def method_config(method: str, target_sparsity: float = 0.4, **kwargs):
     if "target_sparsity" in {f.name for f in dataclasses.fields(config_class)}:
         kwargs["target_sparsity"] = target_sparsity
     return config_class(**kwargs)
+
+
+def is_causal(family: Family) -> bool:
+    return family.task_class.__name__.endswith(("CausalLM", "LMHeadModel"))
+
+
+def dataset(family: Family, size: int = 32, seed: int = 0, length: int = 8) -> datasets.Dataset:
+    """A learnable data set for the family's task head: images labelled by one pixel's sign, token sequences
+    labelled by their first token (classifiers) or by themselves (causal LMs)."""
+    g = torch.Generator().manual_seed(seed)
+    if family.vision:
+        pixels = torch.randn(size, 3, 16, 16, generator=g)
+        return datasets.Dataset.from_dict(
+            {"pixel_values": pixels.tolist(), "labels": (pixels[:, 0, 0, 0] > 0).long().tolist()}
+        )
+    ids = torch.randint(3, 99, (size, length), generator=g)
+    labels = ids if is_causal(family) else (ids[:, 0] > 50).long()
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+
+
+def counting_dataset(size: int, seed: int = 0, length: int = 8) -> datasets.Dataset:
+    """Sequences that count up by one: a tiny causal LM learns them in a few steps, so pruning then costs loss."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 40, (size, 1), generator=g) + torch.arange(length)
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+
+
+def arguments(tmp_path, **overrides):
+    """`PruningArguments` for a short CPU run in `tmp_path / "run"` (checkpoints every 2 steps unless overridden)."""
+    from hf_prune import PruningArguments
+
+    defaults = dict(
+        output_dir=str(tmp_path / "run"),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        logging_steps=2,
+        save_steps=2,
+        use_cpu=True,
+        report_to=[],
+        seed=0,
+        learning_rate=1e-3,
+    )
+    return PruningArguments(**{**defaults, **overrides})
+
+
+def trainer_for(model, config, tmp_path, steps: int = 6, args: dict | None = None, **kwargs):
+    """A `PruningTrainer` for `steps` optimizer steps without checkpoints or logging; `args` overrides arguments,
+    `kwargs` go to the trainer (datasets, callbacks, ...)."""
+    from hf_prune import PruningTrainer
+
+    options = {
+        "output_dir": str(tmp_path),
+        "max_steps": steps,
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "disable_tqdm": True,
+        **(args or {}),
+    }
+    return PruningTrainer(model=model, args=arguments(tmp_path, **options), pruning_config=config, **kwargs)
