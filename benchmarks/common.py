@@ -19,7 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 import hf_prune
 from hf_prune import PruningArguments, PruningTrainer
-from hf_prune.data import load_sentiment_dataset, stratified_subsample
+from hf_prune.scripts.data import load_sentiment_dataset, stratified_subsample
 
 
 ROOT = Path(__file__).resolve().parent.parent

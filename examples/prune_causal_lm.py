@@ -17,6 +17,7 @@ a real pretrained model instead, and `--train_file` at a text, CSV or JSON file 
     python examples/prune_causal_lm.py                                  # BINGO, 30 % of prunable parameters
     python examples/prune_causal_lm.py --method magnitude --target_sparsity 0.5 --uniform_layers
     python examples/prune_causal_lm.py --method bmrs                    # BMRS decides how much to prune
+    python examples/prune_causal_lm.py args.yaml                        # the same from a file: keys are flag names
 
 Attention heads are pruned in whole key/value groups (here 2 query heads per unit), so the key/value cache shrinks
 with the query heads. With `--uniform_layers` every layer keeps the same counts and the result is a stock
@@ -26,7 +27,6 @@ with the query heads. With `--uniform_layers` every layer keeps the same counts 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -45,7 +45,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     DataCollatorForLanguageModeling,
-    HfArgumentParser,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -57,16 +56,17 @@ from transformers.trainer_utils import SaveStrategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from hf_prune import PruningArguments, PruningTrainer  # noqa: E402
-from hf_prune.data import load_sentiment_dataset  # noqa: E402
+from hf_prune import PruningArguments, PruningConfig, PruningTrainer  # noqa: E402
 from hf_prune.model_card import set_card_info  # noqa: E402
-from hf_prune.registry import available_methods, get_method  # noqa: E402
+from hf_prune.scripts.data import load_sentiment_dataset  # noqa: E402
+from hf_prune.scripts.parser import PruningScriptParser  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
 
-# where a method has these fields: prune 30 % on the default schedule (the last steps fine-tune the pruned model)
-EXAMPLE_METHOD_DEFAULTS = {"target_sparsity": 0.3}
+# BINGO, pruning 30 % on the default schedule (the last steps fine-tune the pruned model); `--method` picks another,
+# and the target applies to every method that has one
+DEFAULTS = {"method": "bingo", "target_sparsity": 0.3}
 
 
 @dataclass
@@ -92,10 +92,6 @@ class CausalLMArguments:
     num_key_value_heads: int = field(default=2)
     intermediate_size: int = field(default=384)
     prompt: str = field(default="i love ", metadata={"help": "Prompt for the generation samples."})
-    method: str = field(
-        default="bingo",
-        metadata={"help": "Pruning method; its config fields become flags too.", "choices": available_methods()},
-    )
 
     def __post_init__(self):
         if self.block_size < 2:
@@ -124,25 +120,10 @@ class PruneCausalLMTrainingArguments(PruningArguments):
     use_cpu: bool = field(default=not torch.cuda.is_available())
 
 
-def parse_args(argv: list[str] | None = None):
-    """The example's arguments, the training arguments and the chosen method's config (its fields as flags)."""
-    parser = HfArgumentParser((CausalLMArguments, PruneCausalLMTrainingArguments), allow_abbrev=False)
-    example, training, rest = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True, look_for_args_file=False
-    )
-    config_class = get_method(example.method).config_class
-    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
-    method_parser = HfArgumentParser(config_class, allow_abbrev=False)
-    method_parser.set_defaults(**{k: v for k, v in EXAMPLE_METHOD_DEFAULTS.items() if k in fields})
-    (pruning_config, unknown) = method_parser.parse_args_into_dataclasses(
-        args=rest, return_remaining_strings=True, look_for_args_file=False
-    )
-    if unknown:
-        raise ValueError(
-            f"Unknown arguments {unknown}. Method {example.method!r} ({config_class.__name__}) accepts: "
-            + ", ".join(f"--{f.name}" for f in dataclasses.fields(config_class) if f.init)
-        )
-    return example, training, pruning_config
+def make_parser() -> PruningScriptParser:
+    """The example's arguments, the training arguments, `--method` and the chosen method's config (its fields as
+    flags); also from one JSON/YAML file."""
+    return PruningScriptParser((CausalLMArguments, PruneCausalLMTrainingArguments), defaults=DEFAULTS)
 
 
 # -- data ---------------------------------------------------------------------------------------------------------------
@@ -253,8 +234,11 @@ def sample(model, tokenizer, prompt: str, max_new_tokens: int = 48) -> str:
 
 
 # -- the run ------------------------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args, training, pruning_config = parse_args(argv)
+def main(
+    args: CausalLMArguments, training: PruneCausalLMTrainingArguments, pruning_config: PruningConfig
+) -> dict[str, Any]:
+    """Train, prune, save, reload and sample (arguments from `make_parser().parse_args_and_config()`); returns what
+    is written to `metrics.json`."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.set_seed(training.seed)
 
@@ -347,4 +331,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    main(*make_parser().parse_args_and_config())

@@ -37,8 +37,9 @@ class PruningConfig:
             (e.g. 8 or 64 for efficient kernels).
         min_heads_per_layer (`int`, defaults to `0`): never keep fewer heads (units) than this in a layer.
         min_neurons_per_layer (`int`, defaults to `0`): never keep fewer MLP neurons than this in a layer.
-        seed (`int`, *optional*): seed of the method's own random stream (methods that draw random numbers use 0
-            when it is not set).
+        method_seed (`int`, *optional*): seed of the method's own random stream (methods that draw random numbers
+            use 0 when it is not set; BINGO uses the training seed). Named apart from `TrainingArguments.seed`, so
+            both are flags of one script.
     """
 
     method: ClassVar[str] = "base"
@@ -59,7 +60,7 @@ class PruningConfig:
     )
     min_heads_per_layer: int = field(default=0, metadata={"help": "Minimum heads (units) kept in each layer."})
     min_neurons_per_layer: int = field(default=0, metadata={"help": "Minimum MLP neurons kept in each layer."})
-    seed: int | None = field(default=None, metadata={"help": "Seed of the method's random stream."})
+    method_seed: int | None = field(default=None, metadata={"help": "Seed of the method's random stream."})
 
     def __post_init__(self):
         if not (self.prune_heads or self.prune_neurons):

@@ -1,4 +1,6 @@
-"""Tests of `examples/fine_tune_and_prune.py`: run its `main(argv)` in-process on tiny local data with a tiny BERT.
+"""Tests of the fine-tune-and-prune script (`hf_prune/scripts/fine_tune_and_prune.py`, run through
+`examples/fine_tune_and_prune.py`), its shared parser and its data helpers: `main` in-process on tiny local data with
+a tiny BERT.
 
 The tiny model and its tokenizer are built offline from a config and a hand-written vocabulary. Each end-to-end run
 takes a few seconds; the real default (pretrained MiniLM, embedded data) is the `slow` test.
@@ -7,6 +9,8 @@ takes a few seconds; the real default (pretrained MiniLM, embedded data) is the 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import fnmatch
 import importlib.util
 import json
 import os
@@ -27,6 +31,7 @@ from transformers import (
 import hf_prune
 from hf_prune import AutoPrunedModel, PruningTrainer
 from hf_prune.gates import is_prepared
+from hf_prune.scripts import fine_tune_and_prune
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +54,11 @@ def _load_script():
 
 
 script = _load_script()
+
+
+def run(argv: list[str]) -> dict:
+    """What `python examples/fine_tune_and_prune.py ARGV` does, in-process."""
+    return script.main(*script.make_parser().parse_args_and_config(argv))
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +219,7 @@ def test_csv_string_labels_three_classes(tmp_path, tiny_model, monkeypatch):
     output_dir = tmp_path / "out"
     spy = _Spy(monkeypatch, marker_id=VOCAB.index(MARKER))
 
-    results = script.main(
+    results = run(
         [
             "--model_name_or_path",
             str(tiny_model),
@@ -227,7 +237,10 @@ def test_csv_string_labels_three_classes(tmp_path, tiny_model, monkeypatch):
 
     assert results["labels"] == ["neg", "neutral", "pos"]
     assert results["num_examples"] == {"train": 48, "validation": 15, "test": 12}
-    assert results["method"] == "magnitude" and results["pruning_config"]["target_sparsity"] == 0.3
+    defaults = fine_tune_and_prune.DEFAULTS
+    assert results["method"] == defaults["method"]
+    assert results["pruning_config"]["target_sparsity"] == defaults["target_sparsity"]
+    assert results["pruning_config"]["method_seed"] == 42  # the method's seed follows --seed when not given
     assert (
         results["train"]["samples_per_second"] > 0
         and results["train"]["loss"] > 0
@@ -237,6 +250,14 @@ def test_csv_string_labels_three_classes(tmp_path, tiny_model, monkeypatch):
     assert {"accuracy", "macro_f1", "loss"} <= set(results["test_dense"]) and "accuracy" in results["validation_dense"]
     assert not (output_dir / "dense_reference").exists() or not any((output_dir / "dense_reference").iterdir())
     _check_outputs(output_dir, results, spy.trainer, tiny_model)
+    # the Trainer's own result files, beside metrics.json
+    saved = json.loads((output_dir / "all_results.json").read_text())
+    assert saved["test_accuracy"] == results["test_after"]["accuracy"]
+    assert saved["eval_macro_f1"] == results["validation_after"]["macro_f1"]
+    assert saved["train_loss"] == results["train"]["loss"]
+    assert (
+        json.loads((output_dir / "eval_results.json").read_text())["eval_loss"] == results["validation_after"]["loss"]
+    )
 
     # the test rows reach the trainer once: the final report of the pruned (no longer gated) model
     assert [c for c in spy.calls if c[2]] == [("evaluate", "test", True, False)]
@@ -254,7 +275,7 @@ def test_csv_string_labels_three_classes(tmp_path, tiny_model, monkeypatch):
     ]
     before = sorted(p.name for p in output_dir.iterdir())
     with pytest.raises(ValueError, match="--overwrite_output_dir"):
-        script.main(arguments)
+        run(arguments)
     assert sorted(p.name for p in output_dir.iterdir()) == before
     assert ("evaluate", "eval", False, True) in spy.calls  # the gated model on validation
     assert spy.calls[-1] == ("evaluate", "test", True, False)
@@ -283,7 +304,8 @@ def test_json_int_labels_from_yaml_config_with_push(tmp_path, tiny_model, monkey
         method="random",
         target_sparsity=0.5,
         prune_heads=False,
-        pruning_config={"seed": 7},
+        method_seed=7,
+        seed=3,
         push_to_hub=True,
         hub_model_id="tester/tiny-pruned",
         compare_dense=False,
@@ -297,16 +319,19 @@ def test_json_int_labels_from_yaml_config_with_push(tmp_path, tiny_model, monkey
     def create_repo(self, repo_id, **kwargs):
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def create_commit(self, repo_id, operations, commit_message=None, **kwargs):
-        commits.append((repo_id, sorted(op.path_in_repo for op in operations)))
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, ignore_patterns=(), **kwargs):
+        """What would be uploaded: the folder's files, less the ignored ones."""
+        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
+        files = [f for f in files if not any(fnmatch.fnmatch(f, pattern) for pattern in ignore_patterns or ())]
+        commits.append((repo_id, sorted(files), commit_message))
         url = f"https://huggingface.co/{repo_id}/commit/{'0' * 40}"
         return CommitInfo(commit_url=url, commit_message=commit_message or "", commit_description="", oid="0" * 40)
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     spy = _Spy(monkeypatch, marker_id=VOCAB.index(MARKER))
 
-    results = script.main([str(config_file)])
+    results = run([str(config_file)])
 
     assert results["labels"] == ["1", "2"]
     assert results["num_examples"] == {"train": 36, "validation": 4}  # 10 % held out, no test split
@@ -316,44 +341,105 @@ def test_json_int_labels_from_yaml_config_with_push(tmp_path, tiny_model, monkey
         "method": "random",
         "target_sparsity": 0.5,
         "prune_heads": False,
-        "seed": 7,
+        "method_seed": 7,
     }
     assert results["kept"]["heads"]["after"] == results["kept"]["heads"]["before"]
     _check_outputs(output_dir, results, spy.trainer, tiny_model)
 
-    assert {repo for repo, _ in commits} == {"tester/tiny-pruned"}
-    files = [f for _, fs in commits for f in fs]
-    for name in ("config.json", "model.safetensors", "pruning_config.json", "tokenizer.json", "tokenizer_config.json"):
+    # one commit, by trainer.push_to_hub, of the pruned folder only: model, tokenizer and hf_prune's card
+    assert [(repo, message) for repo, _, message in commits] == [
+        ("tester/tiny-pruned", "Pruned with hf_prune (random)")
+    ]
+    files = commits[0][1]
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "pruning_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+    ):
         assert name in files, name
+    assert not {"metrics.json", "all_results.json", "pruning_history.png"} & set(files)
+    assert not any(f.startswith(("pruned/", "dense_reference/")) for f in files)
+    assert "tester/tiny-pruned" in (output_dir / "pruned" / "README.md").read_text()  # the card knows its repo
 
 
 def test_method_flags_from_registry(tmp_path):
-    """`--method` offers every registered method, and the chosen config's fields parse as flags."""
-    parser_choices = script.MethodArguments.__dataclass_fields__["method"].metadata["choices"]
-    assert parser_choices == hf_prune.available_methods()
-
-    *_, method_args, config = script.parse_args(
-        ["--output_dir", str(tmp_path), "--method", "random", "--target_sparsity", "0.4", "--seed", "3"]
+    """`--method` offers every registered method, the chosen config's fields parse as flags next to the script's
+    (one parser: `--seed` and `--method_seed` are two flags), and the script's DEFAULTS apply."""
+    parser = fine_tune_and_prune.make_parser()
+    out = ["--output_dir", str(tmp_path)]
+    *_, training, config = parser.parse_args_and_config(
+        [*out, "--method", "random", "--target_sparsity", "0.4", "--seed", "3", "--method_seed", "5"]
     )
-    assert (method_args.method, type(config).__name__, config.target_sparsity, config.seed) == (
-        "random",
+    assert (type(config).__name__, config.target_sparsity, training.seed, config.method_seed) == (
         "RandomConfig",
         0.4,
         3,
+        5,
     )
-    *_, config = script.parse_args(["--output_dir", str(tmp_path)])
-    assert (config.method, config.target_sparsity) == ("magnitude", 0.3)
-    with pytest.raises(ValueError, match="--target_sparsity"):
-        script.parse_args(["--output_dir", str(tmp_path), "--no_such_flag", "1"])
+    model_args, data_args, training, config = parser.parse_args_and_config(out)
+    defaults = fine_tune_and_prune.DEFAULTS
+    assert (config.method, config.target_sparsity) == (defaults["method"], defaults["target_sparsity"])
+    assert (training.num_train_epochs, training.learning_rate) == (
+        defaults["num_train_epochs"],
+        defaults["learning_rate"],
+    )
+    assert data_args.max_train_samples == 2000 and model_args.base_model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert type(parser.parse_args_and_config([*out, "--method", "bmrs"])[-1]) is hf_prune.BmrsConfig  # no target
+    for method in hf_prune.available_methods():  # every method's flags fit beside the script's
+        assert method in parser.make_parser(method).epilog
+        assert parser.parse_args_and_config([*out, "--method", method])[-1].method == method
+
+    with pytest.raises(ValueError, match="--target_sparsity"):  # an unknown flag: the error lists the method's flags
+        parser.parse_args_and_config([*out, "--no_such_flag", "1"])
     with pytest.raises(ValueError, match="target_sparsity"):
-        script.parse_args(["--output_dir", str(tmp_path), "--target_sparsity", "1.5"])
+        parser.parse_args_and_config([*out, "--target_sparsity", "1.5"])
+    with pytest.raises(ValueError, match="--method 'nope'"):
+        parser.parse_args_and_config([*out, "--method", "nope"])
+    with pytest.raises(ValueError, match="--max_seq_length"):
+        parser.parse_args_and_config([*out, "--max_seq_length", "0"])
+
+
+def test_arguments_from_json_and_yaml_files(tmp_path):
+    parser = fine_tune_and_prune.make_parser()
+    (tmp_path / "args.json").write_text(json.dumps({"output_dir": "x", "method": "taylor", "num_train_epochs": 2}))
+    *_, training, config = parser.parse_args_and_config([str(tmp_path / "args.json")])
+    assert (type(config).__name__, config.target_sparsity, training.num_train_epochs) == ("TaylorConfig", 0.3, 2)
+    (tmp_path / "args.yml").write_text("output_dir: x\nmethod: random\nmethod_seed: 4\nseed: 9\n")
+    *_, training, config = parser.parse_args_and_config(["--config", str(tmp_path / "args.yml")])
+    assert (config.method_seed, training.seed, training.num_train_epochs) == (4, 9, 1.0)
+    (tmp_path / "bad.yaml").write_text("output_dir: x\nmethod: bmrs\ntarget_sparsity: 0.5\n")
+    with pytest.raises(ValueError, match="target_sparsity"):  # not a BMRS field
+        parser.parse_args_and_config([str(tmp_path / "bad.yaml")])
+
+
+def test_a_config_field_named_like_a_script_flag_is_left_to_the_script(tmp_path):
+    """BmrsConfig.warmup_steps has TrainingArguments.warmup_steps' name: the flag stays the training argument and
+    the config keeps its default. When no config field shares a script flag's name any more, delete this test and
+    `_flags_of` in hf_prune/scripts/parser.py."""
+    parser = fine_tune_and_prune.make_parser()
+    shared = {
+        (method, name)
+        for method in hf_prune.available_methods()
+        for name in {f.name for f in dataclasses.fields(hf_prune.registry.get_method(method).config_class)}
+        & parser.script_fields
+    }
+    assert shared == {("bmrs", "warmup_steps")}
+    *_, training, config = parser.parse_args_and_config(
+        ["--output_dir", str(tmp_path), "--method", "bmrs", "--warmup_steps", "3", "--p1", "4"]
+    )
+    assert (training.warmup_steps, config.warmup_steps, config.p1) == (3, 0, 4)
+    assert "BmrsConfig.warmup_steps" in parser.make_parser("bmrs").epilog
 
 
 def test_help_lists_method_options(capsys):
     with pytest.raises(SystemExit):
-        script.parse_args(["--method", "random", "--help"])
+        fine_tune_and_prune.make_parser().parse_args_and_config(["--method", "random", "--help"])
     out = capsys.readouterr().out
-    assert "RandomConfig" in out and "--target_sparsity" in out and "--max_train_samples" in out
+    for flag in ("RandomConfig", "--target_sparsity", "--method_seed", "--max_train_samples", "--compare_dense"):
+        assert flag in out, flag
 
 
 @pytest.mark.slow
@@ -374,13 +460,13 @@ def test_default_run_real_model(tmp_path):
     AutoPrunedModel.from_pretrained(output_dir / "pruned")
 
 
-# -- hf_prune.data, the example's data helpers --------------------------------------------------------------------
+# -- hf_prune.scripts.data, the script's data helpers ---------------------------------------------------------------
 
 
 def test_stratified_split_is_seeded_and_keeps_proportions():
     from datasets import Dataset
 
-    from hf_prune.data import stratified_split, stratified_subsample
+    from hf_prune.scripts.data import stratified_split, stratified_subsample
 
     data = Dataset.from_dict({"text": [str(i) for i in range(100)], "label": [0] * 70 + [1] * 27 + [2] * 3})
     first, again = stratified_split(data, 0.2, seed=5), stratified_split(data, 0.2, seed=5)
@@ -395,7 +481,7 @@ def test_stratified_split_is_seeded_and_keeps_proportions():
 
 def test_embedded_sentiment_splits_share_no_text():
     """The corpus repeats some tweets (a few with both labels): each text is kept once, so no test tweet is trained on."""
-    from hf_prune.data import load_sentiment_dataset
+    from hf_prune.scripts.data import load_sentiment_dataset
 
     splits = load_sentiment_dataset()
     texts = {name: split["text"] for name, split in splits.items()}
@@ -406,7 +492,7 @@ def test_embedded_sentiment_splits_share_no_text():
 
 
 def test_local_files_and_label_encoding(tmp_path):
-    from hf_prune.data import encode_labels, load_local_dataset
+    from hf_prune.scripts.data import encode_labels, load_local_dataset
 
     (tmp_path / "train.tsv").write_bytes("text\tlabel\ncaf\xe9 ok\t5\nNA\t1\nfine\t3\n\t3\n".encode("latin-1"))
     (tmp_path / "test.jsonl").write_text('{"text": "x", "label": 5}\n{"text": "y", "label": 1}\n')
@@ -425,9 +511,18 @@ def test_local_files_and_label_encoding(tmp_path):
         encode_labels(load_local_dataset({"train": tmp_path / "one.csv"}))
 
 
-def test_console_command_lists_the_methods():
+def test_console_command_lists_the_methods(tmp_path, monkeypatch):
+    """`hf-prune` is the script module's `console_main` (which returns None: the console script exits with
+    `sys.exit(console_main())`); `--help` lists every method."""
+    tomllib = pytest.importorskip("tomllib")
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["hf-prune"]
+    assert entry == "hf_prune.scripts.fine_tune_and_prune:console_main"
+    received = []
+    monkeypatch.setattr(fine_tune_and_prune, "main", lambda *args: received.append(args) or {"sparsity": 0.3})
+    assert fine_tune_and_prune.console_main(["--output_dir", str(tmp_path), "--method", "taylor"]) is None
+    assert type(received[0][-1]) is hf_prune.TaylorConfig
     run = subprocess.run(
-        [sys.executable, "-m", "hf_prune.cli", "--help"],
+        [sys.executable, "-m", "hf_prune.scripts.fine_tune_and_prune", "--help"],
         check=False,
         capture_output=True,
         text=True,
@@ -437,3 +532,14 @@ def test_console_command_lists_the_methods():
     assert run.returncode == 0, run.stderr[-2000:]
     for method in hf_prune.available_methods():
         assert method in run.stdout
+
+
+def test_the_core_package_leaves_the_application_out():
+    """`import hf_prune` loads none of the scripts, and the application modules are no longer in the core."""
+    code = (
+        "import importlib.util, sys, hf_prune; "
+        "print(sorted(m for m in sys.modules if m.startswith('hf_prune.scripts')), "
+        "[m for m in ('hf_prune.cli', 'hf_prune.data', 'hf_prune.metrics') if importlib.util.find_spec(m)])"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout.strip() == "[] []"

@@ -1,5 +1,5 @@
-"""Tests of `examples/prune_causal_lm.py`, the decoder example: its `main(argv)` in-process, on a small Llama built
-from config, with the embedded tweets or a local text file."""
+"""Tests of `examples/prune_causal_lm.py`, the decoder example: its parser and `main` in-process, on a small Llama
+built from config, with the embedded tweets or a local text file."""
 
 from __future__ import annotations
 
@@ -30,8 +30,13 @@ def example():
     return module
 
 
+def run(example, argv: list[str]) -> dict:
+    """What `python examples/prune_causal_lm.py ARGV` does, in-process."""
+    return example.main(*example.make_parser().parse_args_and_config(argv))
+
+
 def test_bingo_per_layer_export_reloads_with_remote_code(example, tmp_path):
-    results = example.main([*SMALL, "--schedule", "one_shot", "--prune_end", "0.5", "--output_dir", str(tmp_path)])
+    results = run(example, [*SMALL, "--schedule", "one_shot", "--prune_end", "0.5", "--output_dir", str(tmp_path)])
     pruned = tmp_path / "pruned"
     assert abs(results["sparsity"] - 0.3) < 0.05  # within one unit of the default target
     assert results["parameters"]["after"] < results["parameters"]["before"]
@@ -52,7 +57,7 @@ def test_uniform_layers_give_a_stock_llama_from_a_text_file(example, tmp_path):
     lines = [f"the {w} sat on the mat number {i}" for i in range(300) for w in ("cat", "dog", "bird")]
     text.write_text("\n".join(lines) + "\n")
     argv = [*SMALL, "--train_file", str(text), "--method", "magnitude", "--target_sparsity", "0.5"]
-    results = example.main([*argv, "--uniform_layers", "true", "--output_dir", str(tmp_path / "out")])
+    results = run(example, [*argv, "--uniform_layers", "true", "--output_dir", str(tmp_path / "out")])
     pruned = tmp_path / "out" / "pruned"
     assert results["stock_config"] and not (pruned / "modeling_hf_prune.py").exists()
     assert len({json.dumps(layer) for layer in results["layers"]}) == 1  # every layer the same
@@ -66,8 +71,16 @@ def test_bad_arguments_name_the_field(example, tmp_path):
     data = tmp_path / "data.csv"
     data.write_text("sentence\nhello there\n")
     with pytest.raises(ValueError, match="text_column='text'"):
-        example.main([*SMALL, "--train_file", str(data), "--output_dir", str(tmp_path / "a")])
+        run(example, [*SMALL, "--train_file", str(data), "--output_dir", str(tmp_path / "a")])
     with pytest.raises(ValueError, match="num_key_value_heads"):
-        example.main([*SMALL, "--num_key_value_heads", "3", "--output_dir", str(tmp_path / "b")])
+        run(example, [*SMALL, "--num_key_value_heads", "3", "--output_dir", str(tmp_path / "b")])
     with pytest.raises(ValueError, match="Unknown arguments"):
-        example.main([*SMALL, "--method", "bmrs", "--target_sparsity", "0.3", "--output_dir", str(tmp_path / "c")])
+        run(example, [*SMALL, "--method", "bmrs", "--target_sparsity", "0.3", "--output_dir", str(tmp_path / "c")])
+
+
+def test_arguments_from_a_yaml_file(example, tmp_path):
+    """The example shares the scripts' parser: a YAML file of flag names, the example's own default method."""
+    (tmp_path / "args.yaml").write_text("output_dir: out\nhidden_size: 48\nmax_steps: 7\nprune_end: 0.5\n")
+    args, training, config = example.make_parser().parse_args_and_config([str(tmp_path / "args.yaml")])
+    assert (args.hidden_size, training.max_steps, type(config).__name__) == (48, 7, "BingoConfig")
+    assert (config.prune_end, config.target_sparsity) == (0.5, example.DEFAULTS["target_sparsity"])

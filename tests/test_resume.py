@@ -41,7 +41,7 @@ def run(tmp_path, name, config, resume=None, max_steps=6):
 @pytest.mark.parametrize("method", hf_prune.available_methods())
 def test_resume_continues_exactly(method, tmp_path):
     schedule = {"prune_start": 0.0, "prune_end": 1.0} if method != "bmrs" else {}
-    config = method_config(method, 0.4, seed=3, **schedule)
+    config = method_config(method, 0.4, method_seed=3, **schedule)
     full = run(tmp_path, "full", config)
     if isinstance(config, hf_prune.TargetConfig):
         saved = json.loads((tmp_path / "full" / "checkpoint-3" / "pruning_config.json").read_text())["result"]

@@ -78,7 +78,7 @@ def test_one_shot_and_final_schedules():
 @pytest.mark.parametrize("schedule", ["cubic", "one_shot"])
 @pytest.mark.parametrize("method", TARGET_METHODS)
 def test_schedule_reaches_the_target_at_prune_end_and_masks_never_regrow(method, schedule, tmp_path):
-    config = method_config(method, 0.5, schedule=schedule, prune_start=0.2, prune_end=0.6, seed=1)
+    config = method_config(method, 0.5, schedule=schedule, prune_start=0.2, prune_end=0.6, method_seed=1)
     trainer, history = train(tmp_path, config)
     model = trainer.pruned_model
     end = 6  # round(0.6 * 10): the optimizer step after which the target holds

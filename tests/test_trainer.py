@@ -54,7 +54,7 @@ def test_trainer_save_model_after_finalize_writes_a_reloadable_folder(tmp_path):
     trainer = PruningTrainer(
         model=build(family),
         args=arguments(tmp_path, max_steps=2),
-        pruning_config=RandomConfig(target_sparsity=0.3, seed=1),
+        pruning_config=RandomConfig(target_sparsity=0.3, method_seed=1),
         train_dataset=dataset(family),
     )
     trainer.train()

@@ -24,7 +24,9 @@ class RandomMethod(TargetMethod):
     title = "random pruning (baseline)"
 
     def scores(self) -> dict[str, list[torch.Tensor | None]]:
-        generator = torch.Generator().manual_seed(self.config.seed if self.config.seed is not None else 0)
+        generator = torch.Generator().manual_seed(
+            self.config.method_seed if self.config.method_seed is not None else 0
+        )
         return {
             kind: [None if g is None else torch.rand(g.num_units, generator=generator) for g in self.state.gates(kind)]
             for kind in (HEADS, NEURONS)

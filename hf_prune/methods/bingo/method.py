@@ -139,7 +139,7 @@ class BingoMethod(TargetMethod):
         began = time.perf_counter()
         config, model = self.config, self.model
         inputs = getattr(trainer, "_prepare_inputs", lambda batch: batch)(inputs)
-        seed = config.seed if config.seed is not None else trainer.args.seed
+        seed = config.method_seed if config.method_seed is not None else trainer.args.seed
         rank = trainer.args.process_index
         accuracy = config.signal == "accuracy_abs"
         rows = []

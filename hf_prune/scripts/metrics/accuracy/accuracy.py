@@ -1,14 +1,12 @@
 """Accuracy: the fraction of predictions equal to their references.
 
-A local `evaluate` metric module shipped with hf_prune so that metrics work offline:
+A local `evaluate` metric module shipped with hf_prune's scripts so that metrics work offline:
 
 ```python
-import os
-
 import evaluate
-import hf_prune
+from hf_prune.scripts.classification import metric_path
 
-accuracy = evaluate.load(os.path.join(os.path.dirname(hf_prune.__file__), "metrics", "accuracy"))
+accuracy = evaluate.load(metric_path("accuracy"))
 accuracy.compute(predictions=[0, 1, 1], references=[0, 1, 0])  # {'accuracy': 0.666...}
 ```
 """
@@ -31,7 +29,7 @@ Args:
 Returns:
     accuracy (`float` or `int`): in [0, 1] if `normalize`, else the (weighted) number of correct predictions.
 Examples:
-    >>> accuracy = evaluate.load("hf_prune/metrics/accuracy")
+    >>> accuracy = evaluate.load("hf_prune/scripts/metrics/accuracy")
     >>> accuracy.compute(predictions=[0, 1, 2, 0], references=[0, 1, 1, 0])
     {'accuracy': 0.75}
 """

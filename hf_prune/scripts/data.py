@@ -1,8 +1,8 @@
-"""Small, reusable data helpers for text classification: the embedded sentiment corpus, local CSV/JSON files, label
-encoding and seeded stratified splits.
+"""Data helpers of hf_prune's scripts and benchmarks, for text classification: the embedded sentiment corpus, local
+CSV/JSON files, label encoding and seeded stratified splits.
 
 ```python
-from hf_prune.data import encode_labels, load_local_dataset, load_sentiment_dataset, stratified_split
+from hf_prune.scripts.data import encode_labels, load_local_dataset, load_sentiment_dataset, stratified_split
 
 raw = load_sentiment_dataset()  # train / validation / test, columns "text" and "label" (negative, positive)
 raw = load_local_dataset({"train": "train.csv", "validation": "dev.jsonl"})

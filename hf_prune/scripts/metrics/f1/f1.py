@@ -1,6 +1,6 @@
 """F1 score (binary, macro, micro or weighted) for single-label classification.
 
-A local `evaluate` metric module shipped with hf_prune so that metrics work offline; it follows the conventions of
+A local `evaluate` metric module shipped with hf_prune's scripts so that metrics work offline; it follows the conventions of
 scikit-learn's `f1_score` (a class with no true and no predicted examples scores 0).
 """
 
@@ -27,7 +27,7 @@ Args:
 Returns:
     f1 (`float` or `list` of `float`): the F1 score, in [0, 1].
 Examples:
-    >>> f1 = evaluate.load("hf_prune/metrics/f1")
+    >>> f1 = evaluate.load("hf_prune/scripts/metrics/f1")
     >>> f1.compute(predictions=[0, 2, 1, 0, 0, 1], references=[0, 1, 2, 0, 1, 2], average="macro")
     {'f1': 0.26666666666666666}
 """
