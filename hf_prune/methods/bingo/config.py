@@ -79,7 +79,7 @@ class BingoConfig(TargetConfig):
         min_heads_per_layer (`int`, defaults to `1`): never keep fewer query heads than this in a layer.
         max_layer_neuron_sparsity (`float`, defaults to `0.9`): never remove more than this fraction of a layer's
             MLP neurons, in (0, 1].
-        seed (`int`, *optional*): seed of the probe subsets (defaults to the training seed). Each probe's subset is
+        method_seed (`int`, *optional*): seed of the probe subsets (defaults to the training seed). Each probe's subset is
             derived from `(seed, process rank, step, pass)`, so a resumed run draws the same subsets.
     """
 
