@@ -53,7 +53,8 @@ from torch_pruning_peer import CRITERIA, prune_to_sparsity
 from transformers import DataCollatorWithPadding, Trainer
 
 import hf_prune
-from hf_prune.gates import HEADS, NEURONS, get_pruning_state, masks_applied, remove_gates
+from hf_prune.constants import HEADS, NEURONS
+from hf_prune.mapping import get_pruning_state, masks_applied, remove_gates
 from hf_prune.methods.random import RandomMethod
 from hf_prune.methods.search import search_max_prune
 from hf_prune.report import gated_summary

@@ -50,7 +50,7 @@ from transformers import DataCollatorWithPadding
 import hf_prune
 from hf_prune.architectures import transformer_blocks
 from hf_prune.configs import TargetConfig
-from hf_prune.gates import GATE_NAME, HEADS, NEURONS
+from hf_prune.constants import GATE_NAME, HEADS, NEURONS
 from hf_prune.methods.base import TargetMethod
 from hf_prune.registry import register_method
 

@@ -7,7 +7,8 @@ from .auto import AutoPrunedModel
 from .callbacks import PruningScheduleCallback
 from .configs import PruningConfig, TargetConfig
 from .finalize import finalize_model
-from .gates import UnitGate, prepare_model_for_pruning
+from .gates import UnitGate
+from .mapping import prepare_model_for_pruning
 from .methods import BingoConfig, BmrsConfig, MagnitudeConfig, PruningMethod, RandomConfig, TaylorConfig
 from .model_card import set_card_info
 from .prune import prune_structures

@@ -6,7 +6,7 @@ import math
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .gates import get_pruning_state, is_prepared
+from .mapping import get_pruning_state, is_prepared
 
 
 def _unwrap(model):

@@ -10,10 +10,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .constants import CONFIG_NAME
+
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "pruning_config.json"
 _CONFIG_CLASSES: dict[str, type[PruningConfig]] = {}  # method name -> config class, filled as classes are defined
 
 

@@ -7,7 +7,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .architectures import transformer_blocks
-from .gates import HEADS, NEURONS, get_pruning_state, remove_gates
+from .constants import HEADS, NEURONS
+from .mapping import get_pruning_state, remove_gates
 from .prune import prune_structures
 
 

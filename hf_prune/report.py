@@ -6,7 +6,8 @@ from torch import nn
 
 from .accounting import forward_flops, layer_shapes, model_parameters, prunable_parameters, unit_costs
 from .architectures import get_architecture, transformer_blocks
-from .gates import HEADS, NEURONS, get_pruning_state
+from .constants import HEADS, NEURONS
+from .mapping import get_pruning_state
 
 
 SEQ_LEN = 128  # FLOPs are reported per sequence of this many tokens

@@ -11,7 +11,8 @@ from torch import nn
 
 from .accounting import prunable_parameters, unit_costs
 from .architectures import transformer_blocks
-from .gates import HEADS, NEURONS, PruningState
+from .constants import HEADS, NEURONS
+from .mapping import PruningState
 
 
 if TYPE_CHECKING:

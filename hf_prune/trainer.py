@@ -16,8 +16,8 @@ from .callbacks import PruningScheduleCallback
 from .configs import CONFIG_NAME, PruningConfig
 from .export import PrunedExportMixin
 from .finalize import finalize_model
-from .gates import gate_parameters, gates_bypassed, get_pruning_state, is_prepared, prepare_model_for_pruning
 from .latency import measure_latency as measure_latency_ms
+from .mapping import gate_parameters, gates_bypassed, get_pruning_state, is_prepared, prepare_model_for_pruning
 from .model_card import set_card_info, write_model_card
 from .report import gated_summary, pruning_metrics
 

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 import hf_prune
 from hf_prune.accounting import prunable_parameters
-from hf_prune.gates import HEADS, NEURONS, get_pruning_state
+from hf_prune.constants import HEADS, NEURONS
+from hf_prune.mapping import get_pruning_state
 from hf_prune.methods.bingo import BingoConfig, EmaEstimator, build_estimator
 from hf_prune.methods.bingo.probes import InitialWeights, UnitLayout, switched_off
 from hf_prune.selection import unit_costs_by_layer

@@ -7,7 +7,7 @@ from transformers import TrainerCallback
 
 import hf_prune
 from hf_prune import BmrsConfig, PruningArguments, PruningTrainer
-from hf_prune.gates import get_pruning_state
+from hf_prune.mapping import get_pruning_state
 
 from .tiny_models import FAMILIES, build, inputs, logits
 
@@ -76,7 +76,9 @@ class GateGradients(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self.grads is None:
-            self.grads = torch.cat([p.grad.detach().clone().flatten() for p in hf_prune.gates.gate_parameters(model)])
+            self.grads = torch.cat(
+                [p.grad.detach().clone().flatten() for p in hf_prune.mapping.gate_parameters(model)]
+            )
 
 
 def kl_gradient(tmp_path, batch, accumulation, weight):

@@ -7,7 +7,8 @@ from transformers import TrainerCallback
 
 import hf_prune
 from hf_prune import BmrsConfig, PruningTrainer
-from hf_prune.gates import HEADS, NEURONS, get_pruning_state
+from hf_prune.constants import HEADS, NEURONS
+from hf_prune.mapping import get_pruning_state
 
 from .test_trainer import arguments, dataset
 from .tiny_models import FAMILIES, build, inputs, logits

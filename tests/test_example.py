@@ -30,7 +30,7 @@ from transformers import (
 
 import hf_prune
 from hf_prune import AutoPrunedModel, PruningTrainer
-from hf_prune.gates import is_prepared
+from hf_prune.mapping import is_prepared
 from hf_prune.scripts import fine_tune_and_prune
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import hf_prune
-from hf_prune.gates import HEADS, NEURONS, get_pruning_state, masks_applied
+from hf_prune.constants import HEADS, NEURONS
+from hf_prune.mapping import get_pruning_state, masks_applied
 
 from .tiny_models import FAMILIES, FAMILY_IDS, build, dataset, inputs, logits, method_config, trainer_for
 

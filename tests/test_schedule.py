@@ -9,7 +9,8 @@ from transformers import TrainerCallback
 import hf_prune
 from hf_prune import MagnitudeConfig, PruningTrainer
 from hf_prune.accounting import prunable_parameters
-from hf_prune.gates import HEADS, NEURONS, get_pruning_state
+from hf_prune.constants import HEADS, NEURONS
+from hf_prune.mapping import get_pruning_state
 from hf_prune.report import gated_summary
 from hf_prune.selection import unit_costs_by_layer
 

@@ -11,7 +11,8 @@ import torch
 import transformers as tf
 
 import hf_prune
-from hf_prune.gates import HEADS, NEURONS, get_pruning_state
+from hf_prune.constants import HEADS, NEURONS
+from hf_prune.mapping import get_pruning_state
 
 from .tiny_models import FAMILIES, FAMILY_IDS, build, inputs, logits
 

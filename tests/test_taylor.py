@@ -6,7 +6,8 @@ from torch import nn
 
 import hf_prune
 from hf_prune.accounting import prunable_parameters
-from hf_prune.gates import HEADS, NEURONS, get_pruning_state
+from hf_prune.constants import HEADS, NEURONS
+from hf_prune.mapping import get_pruning_state
 from hf_prune.methods.search import search_max_prune
 from hf_prune.methods.taylor import TaylorConfig
 from hf_prune.selection import unit_costs_by_layer

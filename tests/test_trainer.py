@@ -30,7 +30,7 @@ def test_train_finalize_reload(family, tmp_path):
 
     batch = inputs(family)
     pruned = trainer.finalize().eval()
-    assert trainer.model is pruned and not hf_prune.gates.is_prepared(pruned)
+    assert trainer.model is pruned and not hf_prune.mapping.is_prepared(pruned)
     expected = logits(pruned, batch)
     pruned.save_pretrained(tmp_path / "pruned")
     saved = json.loads((tmp_path / "pruned" / "pruning_config.json").read_text())
@@ -72,7 +72,7 @@ def test_gate_parameter_group_and_plain_training_arguments(tmp_path):
     family = FAMILIES[0]
     model = build(family)
     hf_prune.prepare_model_for_pruning(model, RandomConfig())
-    for gate in hf_prune.gates.get_pruning_state(model).gates("heads"):  # a method whose gates are trainable
+    for gate in hf_prune.mapping.get_pruning_state(model).gates("heads"):  # a method whose gates are trainable
         gate.register_parameter("scale", torch.nn.Parameter(torch.ones(gate.num_units)))
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to=[], weight_decay=0.1)
     trainer = PruningTrainer(model=model, args=args, train_dataset=dataset(family))
@@ -101,7 +101,7 @@ def test_bf16_autocast_on_cpu_for_every_method(method, tmp_path):
     )
     trainer.train()
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
-    gates = hf_prune.gates.gate_parameters(trainer.model)
+    gates = hf_prune.mapping.gate_parameters(trainer.model)
     assert all(p.dtype == torch.float32 for p in gates)
     pruned = trainer.finalize(measure_latency=False).eval()
     assert torch.isfinite(logits(pruned, inputs(family))).all()
@@ -129,7 +129,7 @@ def test_finalize_during_training_is_refused(tmp_path):
     )
     trainer.train()
     assert errors and "while training is running" in errors[0]
-    assert hf_prune.gates.is_prepared(trainer.model)  # nothing was changed
+    assert hf_prune.mapping.is_prepared(trainer.model)  # nothing was changed
 
 
 def test_nan_gate_state_is_refused_at_finalize():
@@ -142,14 +142,15 @@ def test_nan_gate_state_is_refused_at_finalize():
     family = FAMILIES[0]
     model = build(family)
     hf_prune.prepare_model_for_pruning(model, MagnitudeConfig(target_sparsity=0.0))
-    hf_prune.gates.get_pruning_state(model).gates("neurons")[0].__class__ = BrokenGate
+    hf_prune.mapping.get_pruning_state(model).gates("neurons")[0].__class__ = BrokenGate
     with pytest.raises(ValueError, match="NaN/inf"):
         hf_prune.finalize_model(model)
 
 
 def test_masks_applied_evaluates_another_sparsity_and_restores():
     from hf_prune import prune_structures
-    from hf_prune.gates import HEADS, NEURONS, get_pruning_state, masks_applied
+    from hf_prune.constants import HEADS, NEURONS
+    from hf_prune.mapping import get_pruning_state, masks_applied
 
     family = next(f for f in FAMILIES if f.name == "bert")
     model = build(family).eval()

@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from ..gates import HEADS, NEURONS, UnitGate
+from ..constants import HEADS, NEURONS
+from ..gates import UnitGate
 from ..selection import select_to_sparsity
 
 
 if TYPE_CHECKING:
     from ..configs import PruningConfig, TargetConfig
-    from ..gates import PruningState
+    from ..mapping import PruningState
 
 
 class PruningMethod:

@@ -15,11 +15,12 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from ..gates import GATE_NAME, HEADS, NEURONS, UnitGate
+from ..constants import GATE_NAME, HEADS, NEURONS
+from ..gates import UnitGate
 
 
 if TYPE_CHECKING:
-    from ..gates import PruningState
+    from ..mapping import PruningState
 
 
 class GradientGate(UnitGate):

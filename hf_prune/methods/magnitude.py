@@ -10,7 +10,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..architectures import ArchitectureSpec, transformer_blocks
 from ..configs import TargetConfig
-from ..gates import HEADS, NEURONS
+from ..constants import HEADS, NEURONS
 from ..registry import register_method
 from .base import TargetMethod
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..configs import TargetConfig
-from ..gates import HEADS, NEURONS
+from ..constants import HEADS, NEURONS
 from ..registry import register_method
 from .base import TargetMethod
 

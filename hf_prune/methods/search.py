@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..gates import HEADS, NEURONS, PruningState, get_pruning_state, masks_applied
+from ..constants import HEADS, NEURONS
+from ..mapping import PruningState, get_pruning_state, masks_applied
 from ..selection import select_to_sparsity
 
 

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..configs import TargetConfig, _require
-from ..gates import HEADS, NEURONS, UnitGate
+from ..constants import HEADS, NEURONS
+from ..gates import UnitGate
 from ..registry import register_method
 from ..selection import unit_costs_by_layer
 from .base import TargetMethod
@@ -25,7 +26,7 @@ from .gradients import GateGradients, GradientGate
 
 
 if TYPE_CHECKING:
-    from ..gates import PruningState
+    from ..mapping import PruningState
 
 
 @dataclass

@@ -36,8 +36,8 @@ from transformers import DataCollatorWithPadding, set_seed
 from transformers.trainer_utils import SaveStrategy
 
 from hf_prune import PruningArguments, PruningConfig, PruningTrainer, set_card_info
-from hf_prune.gates import gates_bypassed
 from hf_prune.latency import latency_stats
+from hf_prune.mapping import gates_bypassed
 from hf_prune.model_card import plot_kept_units
 from hf_prune.report import pruning_result
 from hf_prune.scripts.classification import (

@@ -13,7 +13,8 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from ...gates import HEADS, NEURONS, UnitGate
+from ...constants import HEADS, NEURONS
+from ...gates import UnitGate
 from ...selection import select_to_sparsity, unit_costs_by_layer
 from ..base import TargetMethod
 from ..gradients import GateGradients, GradientGate, world_size
@@ -32,7 +33,7 @@ from .probes import (
 
 
 if TYPE_CHECKING:
-    from ...gates import PruningState
+    from ...mapping import PruningState
 
 
 logger = logging.getLogger(__name__)

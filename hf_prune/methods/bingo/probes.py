@@ -19,12 +19,13 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ...architectures import transformer_blocks
-from ...gates import HEADS, NEURONS, UnitGate
+from ...constants import HEADS, NEURONS
+from ...gates import UnitGate
 from ...modeling_hf_prune import out_features
 
 
 if TYPE_CHECKING:
-    from ...gates import PruningState
+    from ...mapping import PruningState
 
 
 # -- the flat unit vector --------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ...gates import HEADS, NEURONS
+from ...constants import HEADS, NEURONS
 from ...selection import Masks, current_masks, enforce_structure
 from ..base import PruningMethod
 from .config import BmrsConfig
