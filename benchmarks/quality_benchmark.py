@@ -228,34 +228,35 @@ def run_plain(args, splits, tokenizer, seed: int, workdir: str, points: list[flo
     return rows
 
 
+# Settings of the methods that get their own training run; the committed rows were measured with these.
+OWN_RUN_SETTINGS = {
+    "taylor": lambda args: {"time_weighting": "none"},
+    "bingo": lambda args: {
+        "probe_interval": args.probe_interval,
+        "masked_passes": args.masked_passes,
+        "probe_start": 0.2,
+        "max_layer_neuron_sparsity": MAX_NEURON_SPARSITY,
+    },
+}
+SEARCHED = ("bingo",)  # methods whose accuracy-preserving search is reported too
+
+
 def run_one_shot(method: str, args, splits, tokenizer, seed: int, workdir: str, points, neurons) -> list[dict]:
-    if method == "taylor":
-        config = hf_prune.TaylorConfig(time_weighting="none", **guard_rails(neurons))  # as measured
-    else:
-        config = hf_prune.BingoConfig(
-            probe_interval=args.probe_interval,
-            masked_passes=args.masked_passes,
-            probe_start=0.2,  # the setting the committed rows were measured with
-            max_layer_neuron_sparsity=MAX_NEURON_SPARSITY,
-            **guard_rails(neurons),
-        )
+    config_class = hf_prune.registry.get_method(method).config_class
+    config = config_class(**guard_rails(neurons), **OWN_RUN_SETTINGS[method](args))
     trainer, seconds = fit(config, args, splits, tokenizer, seed, workdir)
-    state = get_pruning_state(trainer.pruned_model)
-    scores = state.method.scores()
+    method_state = get_pruning_state(trainer.pruned_model).method
+    metrics = method_state.metrics()
     extra = {"train_seconds": seconds}
-    if method == "bingo":
-        extra.update(probe_seconds=state.method.probe_seconds, probes=int(state.method.statistics.probes))
-
-    def select(target):
-        if method == "bingo":
-            return state.method.select(target, scores)
-        return select_to_sparsity(trainer.pruned_model, state, scores, target)
-
-    rows = [row(method, seed, t, evaluate_masked(trainer, select(t), splits), **extra) for t in points]
-    if method == "bingo" and args.max_metric_drop > 0:
-        search = search_max_prune(trainer, args.max_metric_drop, step=0.01, max_sparsity=0.9, select=select)
+    if "bingo_probes" in metrics:  # the probe count and time, for the overhead line of the report
+        extra.update(probe_seconds=metrics["bingo_probe_seconds"], probes=int(metrics["bingo_probes"]))
+    rows = [row(method, seed, t, evaluate_masked(trainer, method_state.select(t), splits), **extra) for t in points]
+    if method in SEARCHED and args.max_metric_drop > 0:
+        search = search_max_prune(
+            trainer.mask_evaluator(), args.max_metric_drop, step=0.01, max_sparsity=0.9, select=method_state.select
+        )
         result = evaluate_masked(trainer, search.masks, splits)
-        rows.append(row("bingo_search", seed, None, result, evaluations=len(search.trials), **extra))
+        rows.append(row(f"{method}_search", seed, None, result, evaluations=len(search.trials), **extra))
     return rows
 
 

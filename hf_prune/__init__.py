@@ -3,6 +3,7 @@
 __version__ = "0.1.0.dev0"
 
 from .architectures import ArchitectureSpec, get_architecture, register_architecture, supported_model_types
+from .arguments import PruningArguments
 from .auto import AutoPrunedModel
 from .callbacks import PruningScheduleCallback
 from .configs import PruningConfig, TargetConfig
@@ -13,7 +14,7 @@ from .methods import BingoConfig, BmrsConfig, MagnitudeConfig, PruningMethod, Ra
 from .model_card import set_card_info
 from .prune import prune_structures
 from .registry import available_methods, register_method
-from .trainer import PruningArguments, PruningTrainer
+from .trainer import PruningTrainer
 
 
 __all__ = [

@@ -6,64 +6,26 @@ import dataclasses
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from .arguments import PruningArguments
 from .callbacks import PruningScheduleCallback
 from .configs import CONFIG_NAME, PruningConfig
+from .evaluation import mask_evaluator
 from .export import PrunedExportMixin
 from .finalize import finalize_model
 from .latency import measure_latency as measure_latency_ms
 from .mapping import gate_parameters, gates_bypassed, get_pruning_state, is_prepared, prepare_model_for_pruning
+from .methods.base import StepContext
+from .methods.search import MaskEvaluator
 from .model_card import set_card_info, write_model_card
 from .report import gated_summary, pruning_metrics
 
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PruningArguments(TrainingArguments):
-    """`TrainingArguments` plus the run-time knobs of pruning.
-
-    Args:
-        gate_learning_rate (`float`, *optional*): learning rate of the gate parameters (their own optimizer group,
-            without weight decay). Defaults to the method's recommended value, or `learning_rate` when it has none.
-        gate_lr_scheduler_type (`str`, defaults to `"constant"`): `"constant"` keeps the gate learning rate fixed;
-            `"same"` applies `lr_scheduler_type` to the gates too.
-        pruning_loss_weight (`float`, defaults to `1.0`): multiplier of the method's loss term (e.g. BMRS's KL).
-        finalize_on_train_end (`bool`, defaults to `False`): finalize the model (remove pruned units) when `train()`
-            ends; otherwise call `trainer.finalize()`.
-    """
-
-    gate_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the pruning gates (default: the method's recommendation)."}
-    )
-    pruning_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the method's loss term."})
-    gate_lr_scheduler_type: str = field(
-        default="constant",
-        metadata={
-            "help": "'constant': gates keep their learning rate all run (a decayed gate lr would stop pruning "
-            "decisions from moving late in training); 'same': they follow lr_scheduler_type."
-        },
-    )
-    finalize_on_train_end: bool = field(
-        default=False, metadata={"help": "Remove the pruned units when training ends."}
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.gate_learning_rate is not None and self.gate_learning_rate <= 0:
-            raise ValueError(f"Invalid gate_learning_rate={self.gate_learning_rate}: use a positive value or None.")
-        if self.gate_lr_scheduler_type not in ("constant", "same"):
-            raise ValueError(
-                f"Invalid gate_lr_scheduler_type={self.gate_lr_scheduler_type!r}: use 'constant' or 'same'."
-            )
-        if self.pruning_loss_weight < 0:
-            raise ValueError(f"Invalid pruning_loss_weight={self.pruning_loss_weight}: use a value >= 0.")
 
 
 _TOKEN_LEVEL_HEADS = (
@@ -199,8 +161,30 @@ class PruningTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if is_prepared(self.pruned_model):
-            get_pruning_state(self.pruned_model).method.after_backward(self, model, inputs)
+            get_pruning_state(self.pruned_model).method.after_backward(self._step_context(), model, inputs)
         return loss
+
+    def _step_context(self) -> StepContext:
+        """What a method sees of this run at one micro-batch (see `hf_prune.methods.base.StepContext`)."""
+
+        def compute_loss(model, inputs):
+            with self.compute_loss_context_manager():
+                return self.compute_loss(model, self._prepare_inputs(dict(inputs)), return_outputs=True)
+
+        evaluator = self.mask_evaluator() if self.eval_dataset is not None else None
+        return StepContext(
+            self.state.global_step,
+            self.state.max_steps,
+            self.args.seed,
+            self.args.process_index,
+            compute_loss,
+            evaluator,
+        )
+
+    def mask_evaluator(self) -> MaskEvaluator:
+        """The metric of the gated model under other keep-masks, on `eval_dataset` (`metric_for_best_model`, else the
+        evaluation loss): what `hf_prune.methods.search.search_max_prune` needs."""
+        return mask_evaluator(self)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if is_prepared(self.pruned_model):

@@ -123,7 +123,7 @@ def test_metric_search_works_for_taylor_too(tmp_path):
         args={"learning_rate": 1e-2},
     )
     trainer.train()
-    result = search_max_prune(trainer, max_metric_drop=0.05, step=0.1)
+    result = search_max_prune(trainer.mask_evaluator(), max_metric_drop=0.05, step=0.1)
     assert result.trials[0].sparsity == 0.0 and result.masks[HEADS][0] is not None
     within = [t.sparsity for t in result.trials if t.within_tolerance]
     assert result.sparsity == max(within)

@@ -1,6 +1,6 @@
 """Pruning methods. Each module registers its config and method class on import."""
 
-from .base import PruningMethod, TargetMethod
+from .base import PruningMethod, StepContext, TargetMethod
 from .bingo import BingoConfig, BingoMethod
 from .bmrs import BmrsConfig, BmrsMethod
 from .magnitude import MagnitudeConfig, MagnitudeMethod
@@ -19,6 +19,7 @@ __all__ = [
     "PruningMethod",
     "RandomConfig",
     "RandomMethod",
+    "StepContext",
     "TaylorConfig",
     "TaylorMethod",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -17,6 +19,28 @@ if TYPE_CHECKING:
     from ..mapping import PruningState
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """What a method sees of the training run at one training micro-batch (instead of the `Trainer`).
+
+    Args:
+        global_step (`int`): optimizer steps done so far; max_steps (`int`): optimizer steps planned.
+        seed (`int`): the run's seed; process_index (`int`): this process's rank.
+        compute_loss (`Callable`): `(model, inputs) -> (loss, outputs)`, the run's own loss on a raw training batch
+            (moved to the device, under the run's autocast). For extra passes, call it under `torch.no_grad()` in eval
+            mode.
+        evaluator (`MaskEvaluator`, *optional*): the evaluation metric under other keep-masks, for methods that
+            search over sparsity; `None` when the run has no evaluation split.
+    """
+
+    global_step: int
+    max_steps: int
+    seed: int
+    process_index: int
+    compute_loss: Callable[[nn.Module, dict[str, Any]], tuple[torch.Tensor, Any]]
+    evaluator: Any = None  # a `hf_prune.methods.search.MaskEvaluator`
+
+
 class PruningMethod:
     """A pruning method: its gate, optional loss term, optional per-step work, periodic decisions and final rule.
 
@@ -25,7 +49,8 @@ class PruningMethod:
     * `create_gate` when the model is prepared (one gate per layer and unit kind);
     * `on_train_begin` with the run's step counts;
     * `loss` once per optimizer step, added to the task loss (e.g. a KL term);
-    * `after_backward` after every training micro-batch (e.g. extra probe passes, gradient statistics);
+    * `after_backward` after every training micro-batch, with a `StepContext` (e.g. extra probe passes, gradient
+      statistics);
     * `on_optimizer_step` after every optimizer step, with the step counts from `TrainerState` (periodic decisions);
     * `keep_masks` at finalize time: the final keep/prune rule;
     * `metrics` whenever the trainer logs.
@@ -62,7 +87,7 @@ class PruningMethod:
         """The method's recommended learning rate for its gate parameters in a run of `max_steps`, if any."""
         return None
 
-    def after_backward(self, trainer, model: nn.Module, inputs: dict[str, Any]) -> None:
+    def after_backward(self, step: StepContext, model: nn.Module, inputs: dict[str, Any]) -> None:
         """Per micro-batch hook, run after the backward pass (gradients of the gates are available)."""
 
     def on_optimizer_step(self, global_step: int, max_steps: int) -> None:

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..constants import HEADS, NEURONS
-from ..mapping import PruningState, get_pruning_state, masks_applied
-from ..selection import select_to_sparsity
+from ..mapping import PruningState
+from .base import TargetMethod
 
 
 logger = logging.getLogger(__name__)
@@ -75,44 +75,26 @@ class SearchResult:
         return data
 
 
-def metric_name(trainer) -> tuple[str, bool]:
-    """`(key in the evaluation metrics, greater_is_better)`: `metric_for_best_model`, else the evaluation loss."""
-    name = trainer.args.metric_for_best_model
-    if not name:
-        return "eval_loss", False
-    key = name if name.startswith("eval_") else f"eval_{name}"
-    greater = trainer.args.greater_is_better
-    return key, (not key.endswith("loss")) if greater is None else bool(greater)
+@dataclass
+class MaskEvaluator:
+    """What the metric search needs from a run: the gated model's state and its evaluation metric under given
+    keep-masks (`PruningTrainer.mask_evaluator()` builds one on the trainer's evaluation split).
 
+    Args:
+        state (`PruningState`): the gated model's state.
+        metric (`str`): the metric key, e.g. `"eval_loss"` or `"eval_accuracy"`.
+        greater_is_better (`bool`): its direction.
+        evaluate (`Callable[[dict], float]`): the metric with the given keep-masks applied (and restored after).
+    """
 
-def evaluate_masks(trainer, state: PruningState, masks: Masks, key: str) -> float:
-    """The trainer's evaluation metric `key` on its `eval_dataset` with the given keep-masks (restored after)."""
-    dataset = trainer.eval_dataset
-    if dataset is None:
-        raise ValueError(
-            "The metric search needs an evaluation set: pass `eval_dataset=` (a validation split, never the test "
-            "split) to PruningTrainer, or prune to a fixed target_sparsity instead of max_metric_drop."
-        )
-    if isinstance(dataset, dict):
-        raise ValueError("The metric search needs a single `eval_dataset`, not a dict of evaluation sets.")
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    with masks_applied(state, masks), preserved_modes(model):
-        output = trainer.evaluation_loop(
-            trainer.get_eval_dataloader(dataset),
-            description="Pruning search",
-            prediction_loss_only=True if trainer.compute_metrics is None else None,
-            metric_key_prefix="eval",
-        )
-    if key not in output.metrics:
-        raise ValueError(
-            f"The evaluation returned no {key!r} (it returned {sorted(output.metrics)}): set "
-            "`metric_for_best_model` to one of them, or give the trainer a `compute_metrics` that returns it."
-        )
-    return float(output.metrics[key])
+    state: PruningState
+    metric: str
+    greater_is_better: bool
+    evaluate: Callable[[Masks], float]
 
 
 def search_max_prune(
-    trainer,
+    evaluator: MaskEvaluator,
     max_metric_drop: float,
     step: float = 0.01,
     max_sparsity: float = 0.9,
@@ -121,31 +103,28 @@ def search_max_prune(
     """Binary-search the largest sparsity whose evaluation metric stays within `max_metric_drop` of the dense one.
 
     The candidates are `0, step, 2 * step, ...` up to `max_sparsity`; the masks at each come from `select`
-    (default: the method's `select(sparsity)` if it has one, else a global ranking of its `scores()`). The search
+    (default: the method's `select(sparsity)`; every `TargetMethod` has one). The search
     assumes the metric degrades monotonically with sparsity and returns a grid point `s` within tolerance whose
     successor `s + step` was evaluated and is not (unless `s` is `max_sparsity`). About `log2(max_sparsity / step) +
-    2` evaluations, all on `trainer.eval_dataset`.
+    2` evaluations, all through `evaluator` (the evaluation split, never the test split).
 
     Args:
-        trainer (`PruningTrainer`): the trainer that trained the gated model; its `eval_dataset`,
-            `compute_metrics` and `metric_for_best_model` define the metric.
+        evaluator (`MaskEvaluator`): the gated model and its metric, e.g. `trainer.mask_evaluator()`.
         max_metric_drop (`float`): relative tolerance, e.g. `0.01`.
         step (`float`, defaults to `0.01`): grid step.
         max_sparsity (`float`, defaults to `0.9`): largest sparsity tried.
         select (`Callable[[float], dict]`, *optional*): keep-masks for a sparsity.
     """
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    state = get_pruning_state(model)
+    state, key, greater = evaluator.state, evaluator.metric, evaluator.greater_is_better
     if select is None:
-        method = state.method
-        if hasattr(method, "select"):
-            select = method.select
-        else:
-            scores = method.scores()
-            select = lambda sparsity: select_to_sparsity(model, state, scores, sparsity)  # noqa: E731
-    key, greater = metric_name(trainer)
+        if not isinstance(state.method, TargetMethod):
+            raise ValueError(
+                f"The metric search ranks units with the method's `select(sparsity)`; {type(state.method).__name__} "
+                "decides its own sparsity. Use a target-based method (BINGO, Taylor, magnitude, random) or pass `select`."
+            )
+        select = state.method.select
     dense_masks = {kind: [None if m is None else m.clone() for m in state.masks(kind)] for kind in (HEADS, NEURONS)}
-    dense = evaluate_masks(trainer, state, dense_masks, key)
+    dense = evaluator.evaluate(dense_masks)
     allowed = dense - max_metric_drop * abs(dense) if greater else dense + max_metric_drop * abs(dense)
     trials = [SearchTrial(0.0, dense, True)]
     cache: dict[int, tuple[bool, Masks]] = {0: (True, dense_masks)}
@@ -154,7 +133,7 @@ def search_max_prune(
         if index not in cache:
             sparsity = round(index * step, 10)
             masks = select(sparsity)
-            value = evaluate_masks(trainer, state, masks, key)
+            value = evaluator.evaluate(masks)
             ok = value >= allowed if greater else value <= allowed
             trials.append(SearchTrial(sparsity, value, ok))
             cache[index] = (ok, masks)

@@ -21,7 +21,7 @@ from ..constants import HEADS, NEURONS
 from ..gates import UnitGate
 from ..registry import register_method
 from ..selection import unit_costs_by_layer
-from .base import TargetMethod
+from .base import StepContext, TargetMethod
 from .gradients import GateGradients, GradientGate
 
 
@@ -80,8 +80,8 @@ class TaylorMethod(TargetMethod):
         super().attach(model, state)
         self.gradients = GateGradients(model, state)
 
-    def after_backward(self, trainer, model: nn.Module, inputs: dict[str, Any]) -> None:
-        step, max_steps = trainer.state.global_step, trainer.state.max_steps
+    def after_backward(self, context: StepContext, model: nn.Module, inputs: dict[str, Any]) -> None:
+        step, max_steps = context.global_step, context.max_steps
         weight = 0.0
         if step >= self.config.start * max_steps:
             weight = (step + 1) / max(max_steps, 1) if self.config.time_weighting == "linear" else 1.0

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import math
 import time
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,7 +15,7 @@ from torch import nn
 from ...constants import HEADS, NEURONS
 from ...gates import UnitGate
 from ...selection import select_to_sparsity, unit_costs_by_layer
-from ..base import TargetMethod
+from ..base import StepContext, TargetMethod
 from ..gradients import GateGradients, GradientGate, world_size
 from ..search import SearchResult, preserved_modes, search_max_prune
 from .config import BingoConfig
@@ -75,7 +74,7 @@ class BingoMethod(TargetMethod):
 
     def __init__(self, config: BingoConfig):
         super().__init__(config)
-        self._trainer_ref: weakref.ref | None = None
+        self._evaluator = None  # the run's evaluation under other masks, from the last step context
         self._last_probe_step: int | None = None
         self.probe_seconds = 0.0
         self.search_result: SearchResult | None = None
@@ -112,9 +111,9 @@ class BingoMethod(TargetMethod):
         return self.config.perturbation == "zero"
 
     # -- during training ---------------------------------------------------------------------------------------------
-    def after_backward(self, trainer, model: nn.Module, inputs: dict[str, Any]) -> None:
-        self._trainer_ref = weakref.ref(trainer)
-        step, max_steps = trainer.state.global_step, trainer.state.max_steps
+    def after_backward(self, context: StepContext, model: nn.Module, inputs: dict[str, Any]) -> None:
+        self._evaluator = context.evaluator
+        step, max_steps = context.global_step, context.max_steps
         start = math.ceil(self.config.probe_start * max_steps)
         in_window = max_steps > 0 and start <= step < max_steps
         weight = self._time_weight(step, max_steps) if in_window else 0.0
@@ -122,7 +121,7 @@ class BingoMethod(TargetMethod):
         # probe on the first micro-batch of every `probe_interval`-th optimizer step of the window
         if in_window and (step - start) % self.config.probe_interval == 0 and step != self._last_probe_step:
             self._last_probe_step = step
-            self.probe(trainer, inputs, step, weight)
+            self.probe(context, inputs, step, weight)
 
     def on_optimizer_step(self, global_step: int, max_steps: int) -> None:
         self.gradients.flush()
@@ -132,32 +131,30 @@ class BingoMethod(TargetMethod):
         return (step + 1) / max_steps if self.config.time_weighting == "linear" else 1.0
 
     @torch.no_grad()
-    def probe(self, trainer, inputs: dict[str, Any], step: int, weight: float = 1.0) -> None:
+    def probe(self, context: StepContext, inputs: dict[str, Any], step: int, weight: float = 1.0) -> None:
         """Run one probe on `inputs` (a training micro-batch) and add it to the statistics of every process.
 
         A collective call under DDP: every process probes at the same steps.
         """
         began = time.perf_counter()
         config, model = self.config, self.model
-        inputs = getattr(trainer, "_prepare_inputs", lambda batch: batch)(inputs)
-        seed = config.method_seed if config.method_seed is not None else trainer.args.seed
-        rank = trainer.args.process_index
+        seed = config.method_seed if config.method_seed is not None else context.seed
+        rank = context.process_index
         accuracy = config.signal == "accuracy_abs"
         rows = []
         alive = self.layout.gather(lambda g: g.mask.float()) > 0.5
         with preserved_modes(model):
             model.eval()  # no dropout: the clean and masked passes differ only by the switched-off units
-            with trainer.compute_loss_context_manager():
-                clean = probe_loss(trainer, model, inputs, accuracy)
-                for index in range(config.masked_passes):
-                    # only surviving units: one the schedule removed is off in every pass already
-                    ablated = draw_subset(self._p, probe_seed(seed, rank, step, index)) & alive
-                    if not bool(ablated.any()):
-                        rows.append((ablated, 0.0))  # nothing switched off: the change is exactly 0
-                        continue
-                    with self._switched_off(ablated):
-                        masked = probe_loss(trainer, model, inputs, accuracy)
-                    rows.append((ablated, relative_change(config.signal, clean, masked)))
+            clean = probe_loss(context.compute_loss, model, inputs, accuracy)
+            for index in range(config.masked_passes):
+                # only surviving units: one the schedule removed is off in every pass already
+                ablated = draw_subset(self._p, probe_seed(seed, rank, step, index)) & alive
+                if not bool(ablated.any()):
+                    rows.append((ablated, 0.0))  # nothing switched off: the change is exactly 0
+                    continue
+                with self._switched_off(ablated):
+                    masked = probe_loss(context.compute_loss, model, inputs, accuracy)
+                rows.append((ablated, relative_change(config.signal, clean, masked)))
         prior = self.prior() if self.uses_prior else None
         if self.uses_prior and not self.gradients.relative_available and not self._warned_prior:
             self._warned_prior = True
@@ -255,23 +252,19 @@ class BingoMethod(TargetMethod):
         if config.max_metric_drop is None:
             return super().keep_masks()
         scores = self.scores()
+        if self._evaluator is None:
+            raise ValueError(
+                "BingoConfig(max_metric_drop=...) needs the run's evaluation split: train with PruningTrainer and an "
+                "`eval_dataset`, finalize after `train()`, or set max_metric_drop=None."
+            )
         self.search_result = search_max_prune(
-            self._trainer("max_metric_drop"),
+            self._evaluator,
             config.max_metric_drop,
             step=config.search_step,
             max_sparsity=config.search_max_sparsity,
             select=lambda sparsity: self.select(sparsity, scores),
         )
         return self.search_result.masks
-
-    def _trainer(self, option: str):
-        trainer = self._trainer_ref() if self._trainer_ref is not None else None
-        if trainer is None:
-            raise ValueError(
-                f"BingoConfig({option}=...) needs the trainer that trained the model: finalize with "
-                "`PruningTrainer.finalize()` after `train()`, or set it to its default."
-            )
-        return trainer
 
     def metrics(self) -> dict[str, float]:
         stats = self.statistics

@@ -203,10 +203,12 @@ class InitialWeights:
 
 
 # -- what a probe measures -------------------------------------------------------------------------------------------
-def probe_loss(trainer, model: nn.Module, inputs: dict[str, Any], with_accuracy: bool) -> tuple[float, float | None]:
-    """The trainer's loss on `inputs` (float32; call under `torch.no_grad()` in eval mode), and the batch accuracy
-    when asked. The inputs dict is copied because `Trainer.compute_loss` may pop the labels."""
-    loss, outputs = trainer.compute_loss(model, dict(inputs), return_outputs=True)
+def probe_loss(
+    compute_loss, model: nn.Module, inputs: dict[str, Any], with_accuracy: bool
+) -> tuple[float, float | None]:
+    """The run's loss on `inputs` (float32; call under `torch.no_grad()` in eval mode; `compute_loss` is the step
+    context's), and the batch accuracy when asked. The inputs dict is copied because the loss may pop the labels."""
+    loss, outputs = compute_loss(model, dict(inputs))
     value = float(loss.detach().float().mean())
     accuracy = batch_accuracy(model, outputs, inputs.get("labels")) if with_accuracy else None
     return value, accuracy

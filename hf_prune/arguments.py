@@ -1,0 +1,48 @@
+"""`PruningArguments`: `TrainingArguments` plus the run-time knobs of pruning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class PruningArguments(TrainingArguments):
+    """`TrainingArguments` plus the run-time knobs of pruning.
+
+    Args:
+        gate_learning_rate (`float`, *optional*): learning rate of the gate parameters (their own optimizer group,
+            without weight decay). Defaults to the method's recommended value, or `learning_rate` when it has none.
+        gate_lr_scheduler_type (`str`, defaults to `"constant"`): `"constant"` keeps the gate learning rate fixed;
+            `"same"` applies `lr_scheduler_type` to the gates too.
+        pruning_loss_weight (`float`, defaults to `1.0`): multiplier of the method's loss term (e.g. BMRS's KL).
+        finalize_on_train_end (`bool`, defaults to `False`): finalize the model (remove pruned units) when `train()`
+            ends; otherwise call `trainer.finalize()`.
+    """
+
+    gate_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the pruning gates (default: the method's recommendation)."}
+    )
+    pruning_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the method's loss term."})
+    gate_lr_scheduler_type: str = field(
+        default="constant",
+        metadata={
+            "help": "'constant': gates keep their learning rate all run (a decayed gate lr would stop pruning "
+            "decisions from moving late in training); 'same': they follow lr_scheduler_type."
+        },
+    )
+    finalize_on_train_end: bool = field(
+        default=False, metadata={"help": "Remove the pruned units when training ends."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gate_learning_rate is not None and self.gate_learning_rate <= 0:
+            raise ValueError(f"Invalid gate_learning_rate={self.gate_learning_rate}: use a positive value or None.")
+        if self.gate_lr_scheduler_type not in ("constant", "same"):
+            raise ValueError(
+                f"Invalid gate_lr_scheduler_type={self.gate_lr_scheduler_type!r}: use 'constant' or 'same'."
+            )
+        if self.pruning_loss_weight < 0:
+            raise ValueError(f"Invalid pruning_loss_weight={self.pruning_loss_weight}: use a value >= 0.")
