@@ -453,7 +453,8 @@ def test_default_run_real_model(tmp_path):
     # always predicting "negative" scores accuracy 0.70 and macro-F1 0.41 on these splits
     assert results["validation_before"]["accuracy"] > 0.78 and results["validation_before"]["macro_f1"] > 0.65
     assert results["test_after"]["macro_f1"] > 0.5
-    assert 0.25 < results["sparsity"] < 0.35
+    assert 0.49 < results["sparsity"] < 0.51  # BINGO to half of the prunable parameters while it fine-tunes
+    assert results["test_after"]["accuracy"] > results["test_dense"]["accuracy"] - 0.02  # the dense reference
     assert results["parameters"]["after"] < results["parameters"]["before"]
     for png in ("pruning_history.png", "kept_units.png"):
         assert (output_dir / png).exists()

@@ -7,7 +7,7 @@ validation, then test -> time dense vs pruned -> `metrics.json`, `*_results.json
 pruned model, tokenizer and card in `<output_dir>/pruned` (`trainer.save_model`, or `trainer.push_to_hub`).
 
 ```bash
-# the embedded pretrained MiniLM-L6 on the embedded tweets, magnitude pruning to 30 % sparsity; offline
+# the embedded pretrained MiniLM-L6 on the embedded tweets, BINGO removing 50 % while it fine-tunes; offline
 HF_HUB_OFFLINE=1 hf-prune
 # CSV/JSON files with a text and a label column (without --validation_file, 10 % of train is held out)
 hf-prune --train_file train.csv --validation_file dev.csv --test_file test.csv --text_column sentence \
@@ -63,10 +63,17 @@ logger = logging.getLogger(__name__)
 # The defaults of a run, by flag name, in one place: the method, values for fields of the method's config (for the
 # methods that have them), and the training budget. A flag or a key of the arguments file overrides each.
 DEFAULTS: dict[str, Any] = {
-    "method": "magnitude",
-    "target_sparsity": 0.3,
+    # BINGO removing half of the prunable parameters while it fine-tunes. On the benchmark (3 epochs, the library's
+    # 20-70 % schedule) BINGO and magnitude keep the dense accuracy at 50 %; with this script's one-epoch budget, a
+    # schedule from 10 % to 50 % of the steps (half the run left to recover), batch 16 and lr 1e-4 measured BINGO at
+    # -0.6 points and magnitude at -1.0 against the dense reference of the same budget (see examples/README.md).
+    "method": "bingo",
+    "target_sparsity": 0.5,
+    "prune_start": 0.1,
+    "prune_end": 0.5,
     "num_train_epochs": 1.0,
-    "learning_rate": 5e-5,
+    "per_device_train_batch_size": 16,
+    "learning_rate": 1e-4,
 }
 # Sub-samples of the embedded demo data; other data are used in full unless `--max_*_samples` is given.
 EMBEDDED_MAX_SAMPLES = {"train": 2000, "validation": 500, "test": 1000}
