@@ -406,7 +406,11 @@ def test_arguments_from_json_and_yaml_files(tmp_path):
     parser = fine_tune_and_prune.make_parser()
     (tmp_path / "args.json").write_text(json.dumps({"output_dir": "x", "method": "taylor", "num_train_epochs": 2}))
     *_, training, config = parser.parse_args_and_config([str(tmp_path / "args.json")])
-    assert (type(config).__name__, config.target_sparsity, training.num_train_epochs) == ("TaylorConfig", 0.3, 2)
+    assert (type(config).__name__, config.target_sparsity, training.num_train_epochs) == ("TaylorConfig", 0.5, 2)
+    assert (config.prune_start, training.per_device_train_batch_size) == (
+        0.1,
+        16,
+    )  # the script DEFAULTS, not the classes
     (tmp_path / "args.yml").write_text("output_dir: x\nmethod: random\nmethod_seed: 4\nseed: 9\n")
     *_, training, config = parser.parse_args_and_config(["--config", str(tmp_path / "args.yml")])
     assert (config.method_seed, training.seed, training.num_train_epochs) == (4, 9, 1.0)
@@ -415,23 +419,27 @@ def test_arguments_from_json_and_yaml_files(tmp_path):
         parser.parse_args_and_config([str(tmp_path / "bad.yaml")])
 
 
-def test_a_config_field_named_like_a_script_flag_is_left_to_the_script(tmp_path):
-    """BmrsConfig.warmup_steps has TrainingArguments.warmup_steps' name: the flag stays the training argument and
-    the config keeps its default. When no config field shares a script flag's name any more, delete this test and
-    `_flags_of` in hf_prune/scripts/parser.py."""
+def test_no_config_field_shares_a_script_flags_name(tmp_path):
+    from hf_prune.scripts.parser import _check_names
+
+    """Every registered method's flags parse beside the script's own; a config that reuses a script flag's name
+    (here `seed`) is refused with the field named, instead of silently losing one of the two."""
     parser = fine_tune_and_prune.make_parser()
-    shared = {
-        (method, name)
-        for method in hf_prune.available_methods()
-        for name in {f.name for f in dataclasses.fields(hf_prune.registry.get_method(method).config_class)}
-        & parser.script_fields
-    }
-    assert shared == {("bmrs", "warmup_steps")}
+    for method in hf_prune.available_methods():
+        config_class = hf_prune.registry.get_method(method).config_class
+        assert not {f.name for f in dataclasses.fields(config_class)} & parser.script_fields, method
     *_, training, config = parser.parse_args_and_config(
-        ["--output_dir", str(tmp_path), "--method", "bmrs", "--warmup_steps", "3", "--p1", "4"]
+        ["--output_dir", str(tmp_path), "--method", "bmrs", "--warmup_steps", "3", "--decision_warmup_steps", "5"]
     )
-    assert (training.warmup_steps, config.warmup_steps, config.p1) == (3, 0, 4)
-    assert "BmrsConfig.warmup_steps" in parser.make_parser("bmrs").epilog
+    assert (training.warmup_steps, config.decision_warmup_steps) == (3, 5)
+
+    @dataclasses.dataclass
+    class ClashingConfig(hf_prune.TargetConfig):
+        method = "clashing_test_method"
+        seed: int = 0
+
+    with pytest.raises(ValueError, match=r"ClashingConfig has fields named like the script's own flags \(seed\)"):
+        _check_names(ClashingConfig, parser.script_fields)
 
 
 def test_help_lists_method_options(capsys):

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,16 +63,15 @@ class PruningScriptParser:
 
     def make_parser(self, method: str) -> HfArgumentParser:
         """The `HfArgumentParser` of the script's dataclasses and `method`'s config class, with the script defaults."""
-        config_class, flags, hidden = self._method_flags(method)
-        note = f" Not a flag here (the script's flag of that name wins): {', '.join(hidden)}." if hidden else ""
+        config_class = self._method_flags(method)
         parser = HfArgumentParser(
-            (*self.dataclass_types, flags),
+            (*self.dataclass_types, config_class),
             allow_abbrev=False,
             epilog=f"The last options are the fields of {config_class.__name__} (method {method!r}); --method picks "
-            f"another method: {', '.join(available_methods())}.{note}",
+            f"another method: {', '.join(available_methods())}.",
             **self.parser_kwargs,
         )
-        parser.set_defaults(**self._defaults_for(self.script_fields | _field_names(flags)))
+        parser.set_defaults(**self._defaults_for(self.script_fields | _field_names(config_class)))
         return parser
 
     def parse_args_and_config(self, args: Sequence[str] | None = None) -> tuple[Any, ...]:
@@ -94,10 +92,10 @@ class PruningScriptParser:
             args=argv, return_remaining_strings=True, look_for_args_file=False
         )
         if unknown:
-            config_class, flags, _ = self._method_flags(method)
+            config_class = self._method_flags(method)
             raise ValueError(
                 f"Unknown arguments {unknown}. Method {method!r} ({config_class.__name__}) takes "
-                + ", ".join(f"--{name}" for name in _field_names(flags))
+                + ", ".join(f"--{name}" for name in _field_names(config_class))
                 + "; --help lists every flag."
             )
         return self._finish(method, outputs)
@@ -112,53 +110,37 @@ class PruningScriptParser:
             raise ValueError(f"{path} must hold a mapping of flag names to values, not a {type(data).__name__}.")
         method = data.get("method", self.default_method)
         parser = self.make_parser(method)
-        known = self.script_fields | _field_names(self._method_flags(method)[1])
+        known = self.script_fields | _field_names(self._method_flags(method))
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown keys {unknown}. Keys are the flag names of --method {method} --help.")
         return self._finish(method, parser.parse_dict({**self._defaults_for(known), **data}))
 
-    def _method_flags(self, method: str) -> tuple[type[PruningConfig], type, list[str]]:
+    def _method_flags(self, method: str) -> type[PruningConfig]:
+        """The config class whose fields are `method`'s flags."""
         if method not in available_methods():
             raise ValueError(f"Invalid --method {method!r}: use one of {available_methods()}.")
         config_class = get_method(method).config_class
-        return (config_class, *_flags_of(config_class, self.script_fields))
+        _check_names(config_class, self.script_fields)
+        return config_class
 
     def _defaults_for(self, names: set[str]) -> dict[str, Any]:
         return {k: v for k, v in self.defaults.items() if k in names}
 
     def _finish(self, method: str, outputs: Sequence[Any]) -> tuple[Any, ...]:
-        *script_outputs, _method_arguments, flags = outputs
-        config_class = get_method(method).config_class
-        if not isinstance(flags, config_class):
-            flags = config_class(**{name: getattr(flags, name) for name in _field_names(type(flags))})
-        return (*script_outputs, flags)
+        *script_outputs, _method_arguments, config = outputs
+        return (*script_outputs, config)
 
 
 def _field_names(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls) if f.init}
 
 
-def _flags_of(config_class: type[PruningConfig], taken: set[str]) -> tuple[type, list[str]]:
-    """The dataclass whose fields become the method's flags: the config class itself or, where a script argument
-    already has a field's name (today BmrsConfig.warmup_steps and TrainingArguments.warmup_steps), a copy without
-    that field, which then keeps the config's default. Remove this once no config field shares a script flag's name.
-
-    Returns:
-        The dataclass, and the hidden fields as `Class.field`.
-    """
-    fields = [f for f in dataclasses.fields(config_class) if f.init]
-    hidden = [f.name for f in fields if f.name in taken]
-    if not hidden:
-        return config_class, []
-    hints = typing.get_type_hints(config_class)
-    kept = [
-        (
-            f.name,
-            hints[f.name],
-            dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata),
+def _check_names(config_class: type[PruningConfig], taken: set[str]) -> None:
+    """A config field named like a script flag would make two flags of one name: refuse it, naming the field."""
+    shared = sorted(f.name for f in dataclasses.fields(config_class) if f.init and f.name in taken)
+    if shared:
+        raise ValueError(
+            f"{config_class.__name__} has fields named like the script's own flags ({', '.join(shared)}): rename "
+            "them in the config class (e.g. with a prefix such as `method_seed` or `decision_warmup_steps`)."
         )
-        for f in fields
-        if f.name not in taken
-    ]
-    return dataclasses.make_dataclass(config_class.__name__, kept), [f"{config_class.__name__}.{n}" for n in hidden]

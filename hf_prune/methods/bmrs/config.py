@@ -52,7 +52,8 @@ class BmrsConfig(PruningConfig):
         init_mu, init_log_sigma (`float`, default to `0.0` and `-5.0`): initial posterior; E[θ] ≈ 0.995, so the
             pretrained model is essentially unchanged when the gates are inserted.
         pruning_interval (`int`, *optional*): optimizer steps between pruning decisions; default once per epoch.
-        warmup_steps (`int`, defaults to `0`): no decisions before this step.
+        decision_warmup_steps (`int`, defaults to `0`): no decisions before this optimizer step (named apart from
+            `TrainingArguments.warmup_steps`, the learning-rate warm-up).
         finetune_steps (`int`, defaults to `0`): the last decision happens this many steps before the end; the
             remaining steps fine-tune with the masks frozen.
     """
@@ -83,7 +84,7 @@ class BmrsConfig(PruningConfig):
     pruning_interval: int | None = field(
         default=None, metadata={"help": "Optimizer steps between pruning decisions (default: once per epoch)."}
     )
-    warmup_steps: int = field(default=0, metadata={"help": "No pruning decisions before this step."})
+    decision_warmup_steps: int = field(default=0, metadata={"help": "No pruning decisions before this step."})
     finetune_steps: int = field(default=0, metadata={"help": "Steps at the end with frozen masks."})
 
     def __post_init__(self):
@@ -112,5 +113,5 @@ class BmrsConfig(PruningConfig):
             self.pruning_interval,
             "use a positive number of steps, or None for once per epoch",
         )
-        _require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "use >= 0")
+        _require(self.decision_warmup_steps >= 0, "decision_warmup_steps", self.decision_warmup_steps, "use >= 0")
         _require(self.finetune_steps >= 0, "finetune_steps", self.finetune_steps, "use >= 0")

@@ -31,7 +31,7 @@ CITATION = """@inproceedings{wright2024bmrs,
 class BmrsMethod(PruningMethod):
     """Bayesian model reduction on truncated log-normal gates.
 
-    Decisions run every `pruning_interval` optimizer steps (default: once per epoch) after `warmup_steps`, with a
+    Decisions run every `pruning_interval` optimizer steps (default: once per epoch) after `decision_warmup_steps`, with a
     final pass `finetune_steps` before the end; masks only ever lose units. The KL term is added once per optimizer
     step and covers unmasked gates only.
 
@@ -149,11 +149,11 @@ class BmrsMethod(PruningMethod):
     def on_optimizer_step(self, global_step: int, max_steps: int) -> None:
         if self.final_step is None:
             self.on_train_begin(max_steps, max_steps)
-        if global_step <= self.config.warmup_steps or global_step > self.final_step:
+        if global_step <= self.config.decision_warmup_steps or global_step > self.final_step:
             return
         if global_step == self.final_step:
             self.decide(final=True)
-        elif (global_step - self.config.warmup_steps) % self.interval == 0:
+        elif (global_step - self.config.decision_warmup_steps) % self.interval == 0:
             self.decide()
 
     @torch.no_grad()
