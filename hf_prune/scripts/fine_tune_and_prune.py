@@ -307,7 +307,8 @@ def main(
         trainer.save_metrics("test", test_after)
         evaluations["test_after"] = strip_prefix(test_after, "test")
     latency = latency_report(latency_dense, latency_stats(model, **settings), settings, model) if measure else None
-    card = card_info(evaluations["validation_before"], evaluations["validation_after"], latency)
+    before = evaluations.get("validation_dense") or evaluations["validation_before"]  # a schedule prunes the gated one
+    card = card_info(before, evaluations["validation_after"], latency)
     set_card_info(model, base_model=model_args.base_model_id, dataset=data_args.description, **card)
 
     # 5. report and plots, then the pruned model: saved by the Trainer (and pushed with --push_to_hub)

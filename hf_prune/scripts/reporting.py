@@ -40,7 +40,8 @@ def latency_report(
 def card_info(
     validation_before: dict[str, float], validation_after: dict[str, float], latency: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """The `metrics` and `latency` arguments of `hf_prune.set_card_info` (validation before and after pruning)."""
+    """The `metrics` and `latency` arguments of `hf_prune.set_card_info` (validation before and after pruning; "before"
+    is the dense reference when the run has one)."""
     metrics = {
         name: {"before": round(validation_before[name], 4), "after": round(validation_after[name], 4)}
         for name in CARD_METRICS

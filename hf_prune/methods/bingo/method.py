@@ -63,7 +63,7 @@ class BingoMethod(TargetMethod):
     """See `BingoConfig`. Works with `PruningTrainer`, which calls `after_backward` after every training backward."""
 
     config: BingoConfig
-    title = "BINGO (random-subset significance probes during training, one-shot pruning)"
+    title = "BINGO (random-subset significance probes during training, pruning on the target schedule)"
     paper = "Panangat (2025), BINGO: A Novel Pruning Mechanism to Reduce the Size of Neural Networks, arXiv:2505.09864"
     citation = """@article{panangat2025bingo,
   title = {BINGO: A Novel Pruning Mechanism to Reduce the Size of Neural Networks},
