@@ -382,7 +382,8 @@ def markdown(args, rows: list[dict], points: list[float], figure: str, raw: str)
     for metric, title in (("test_accuracy", "test accuracy"), ("test_macro_f1", "test macro-F1")):
         lines += [
             "",
-            f"**One-shot after fine-tuning, {title} (%) at each share of prunable parameters removed** "
+            f'**One-shot after fine-tuning (the BINGO paper\'s setting, `schedule="final"`), {title} (%) at each share of prunable '
+            "parameters removed** "
             "(no recovery fine-tune):",
             "",
             "| method | " + " | ".join(header) + " |",
