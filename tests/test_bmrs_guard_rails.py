@@ -10,8 +10,7 @@ from hf_prune import BmrsConfig, PruningTrainer
 from hf_prune.constants import HEADS, NEURONS
 from hf_prune.mapping import get_pruning_state
 
-from .test_trainer import arguments, dataset
-from .tiny_models import FAMILIES, build, inputs, logits
+from .tiny_models import FAMILIES, arguments, build, dataset, inputs, logits
 
 
 FAMILY = {f.name: f for f in FAMILIES}

@@ -33,6 +33,8 @@ from hf_prune import AutoPrunedModel, PruningTrainer
 from hf_prune.mapping import is_prepared
 from hf_prune.scripts import fine_tune_and_prune
 
+from .tiny_models import needs_embedded_data, needs_embedded_model
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "fine_tune_and_prune.py"
@@ -451,6 +453,8 @@ def test_help_lists_method_options(capsys):
 
 
 @pytest.mark.slow
+@needs_embedded_data
+@needs_embedded_model
 def test_default_run_real_model(tmp_path):
     """The main job exactly as a user runs it: no arguments, pretrained MiniLM, embedded data, offline."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -488,6 +492,7 @@ def test_stratified_split_is_seeded_and_keeps_proportions():
     assert len(stratified_subsample(data, 10, seed=0)) == 10 and stratified_subsample(data, None) is data
 
 
+@needs_embedded_data
 def test_embedded_sentiment_splits_share_no_text():
     """The corpus repeats some tweets (a few with both labels): each text is kept once, so no test tweet is trained on."""
     from hf_prune.scripts.data import load_sentiment_dataset

@@ -12,6 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .tiny_models import needs_embedded_data
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -35,6 +37,7 @@ def run(example, argv: list[str]) -> dict:
     return example.main(*example.make_parser().parse_args_and_config(argv))
 
 
+@needs_embedded_data
 def test_bingo_per_layer_export_reloads_with_remote_code(example, tmp_path):
     results = run(example, [*SMALL, "--schedule", "one_shot", "--prune_end", "0.5", "--output_dir", str(tmp_path)])
     pruned = tmp_path / "pruned"

