@@ -3,49 +3,19 @@
 import pytest
 import torch
 import transformers
-from transformers import TrainerCallback
 
 import hf_prune
-from hf_prune import BmrsConfig, PruningTrainer
+from hf_prune import BmrsConfig
 from hf_prune.constants import HEADS, NEURONS
 from hf_prune.mapping import get_pruning_state
 
-from .tiny_models import FAMILIES, arguments, build, dataset, inputs, logits
-
-
-FAMILY = {f.name: f for f in FAMILIES}
-
-
-class MaskHistory(TrainerCallback):
-    def __init__(self):
-        self.masks = []
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        pruning = get_pruning_state(model)
-        self.masks.append({k: [m.clone() for m in pruning.masks(k) if m is not None] for k in (HEADS, NEURONS)})
+from .tiny_models import FAMILY, build, inputs, logits, run_with_history
 
 
 def aggressive_run(tmp_path, config, family="bert", steps=12):
     """A run whose KL swamps the task: most gates relax to the prior within a few steps, decisions every step."""
-    history = MaskHistory()
-    args = arguments(
-        tmp_path,
-        max_steps=steps,
-        per_device_train_batch_size=8,
-        gate_learning_rate=1.0,
-        pruning_loss_weight=100.0,
-        save_strategy="no",
-        logging_steps=100,
-    )
-    trainer = PruningTrainer(
-        model=build(FAMILY[family]),
-        args=args,
-        pruning_config=config,
-        train_dataset=dataset(FAMILY[family], 32),
-        callbacks=[history],
-    )
-    trainer.train()
-    return trainer, history
+    options = {"per_device_train_batch_size": 8, "gate_learning_rate": 1.0, "pruning_loss_weight": 100.0}
+    return run_with_history(tmp_path, config, family, steps, size=32, logging_steps=100, **options)
 
 
 def counts(masks, kind):

@@ -4,48 +4,22 @@ import json
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
 import hf_prune
-from hf_prune import MagnitudeConfig, PruningTrainer
+from hf_prune import MagnitudeConfig
 from hf_prune.accounting import prunable_parameters
 from hf_prune.constants import HEADS, NEURONS
 from hf_prune.mapping import get_pruning_state
-from hf_prune.report import gated_summary
 from hf_prune.selection import unit_costs_by_layer
 
-from .tiny_models import FAMILY, arguments, build, dataset, method_config
+from .tiny_models import FAMILY, build, dataset, method_config, run_with_history
 
 
 TARGET_METHODS = ["bingo", "magnitude", "random", "taylor"]
 
 
-class MaskHistory(TrainerCallback):
-    """The keep-masks and sparsity after every optimizer step (registered after the pruning callback)."""
-
-    def __init__(self):
-        self.masks, self.sparsity, self.weights = [], [], []
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        pruning = get_pruning_state(model)
-        self.masks.append({k: [m.clone() for m in pruning.masks(k) if m is not None] for k in (HEADS, NEURONS)})
-        self.sparsity.append(gated_summary(model)["sparsity"])
-        self.weights.append({n: p.detach().clone() for n, p in model.named_parameters() if "hf_prune" not in n})
-
-
 def train(tmp_path, config, family="bert", steps=10, **overrides):
-    history = MaskHistory()
-    overrides = {"save_strategy": "no", **overrides}
-    args = arguments(tmp_path, max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-3, **overrides)
-    trainer = PruningTrainer(
-        model=build(FAMILY[family]),
-        args=args,
-        pruning_config=config,
-        train_dataset=dataset(FAMILY[family], 64),
-        callbacks=[history],
-    )
-    trainer.train()
-    return trainer, history
+    return run_with_history(tmp_path, config, family, steps, **overrides)
 
 
 def largest_unit(model) -> int:

@@ -256,3 +256,44 @@ def trainer_for(model, config, tmp_path, steps: int = 6, args: dict | None = Non
         **(args or {}),
     }
     return PruningTrainer(model=model, args=arguments(tmp_path, **options), pruning_config=config, **kwargs)
+
+
+def mask_history():
+    """A callback that records, after every optimizer step, the keep-masks (`.masks`), the sparsity the gated model
+    would have if finalized (`.sparsity`) and the weights outside the gates (`.weights`). `PruningTrainer` runs its
+    pruning callback first, so each entry shows that step's decisions."""
+    from transformers import TrainerCallback
+
+    from hf_prune.constants import HEADS, NEURONS
+    from hf_prune.mapping import get_pruning_state
+    from hf_prune.report import gated_summary
+
+    class _History(TrainerCallback):
+        def __init__(self):
+            self.masks, self.sparsity, self.weights = [], [], []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            pruning = get_pruning_state(model)
+            self.masks.append({k: [m.clone() for m in pruning.masks(k) if m is not None] for k in (HEADS, NEURONS)})
+            self.sparsity.append(gated_summary(model)["sparsity"])
+            self.weights.append({n: p.detach().clone() for n, p in model.named_parameters() if "hf_prune" not in n})
+
+    return _History()
+
+
+def run_with_history(tmp_path, config, family: str = "bert", steps: int = 10, size: int = 64, **overrides):
+    """Train a tiny model of `family` with `config` for `steps` steps (no checkpoints unless asked) and return the
+    trainer and its `mask_history()`."""
+    from hf_prune import PruningTrainer
+
+    history = mask_history()
+    options = {"max_steps": steps, "per_device_train_batch_size": 4, "save_strategy": "no", **overrides}
+    trainer = PruningTrainer(
+        model=build(FAMILY[family]),
+        args=arguments(tmp_path, **options),
+        pruning_config=config,
+        train_dataset=dataset(FAMILY[family], size),
+        callbacks=[history],
+    )
+    trainer.train()
+    return trainer, history
