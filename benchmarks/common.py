@@ -108,7 +108,7 @@ def train(config, splits, tokenizer, args: PruningArguments) -> tuple[Trainer, f
 def finalized_record(trainer: PruningTrainer) -> dict:
     """Finalize the trained model (the method's own rule) and describe what was removed."""
     model = trainer.finalize(evaluate=False, measure_latency=False)
-    result = hf_prune.export.pruning_result(model)
+    result = hf_prune.pruning_summary(model)
     return dict(
         sparsity=result["sparsity"],
         parameters=result["after"]["parameters"],

@@ -57,7 +57,7 @@ from hf_prune.constants import HEADS, NEURONS
 from hf_prune.mapping import get_pruning_state, masks_applied, remove_gates
 from hf_prune.methods.random import RandomMethod
 from hf_prune.methods.search import search_max_prune
-from hf_prune.report import gated_summary
+from hf_prune.report import pruning_summary
 from hf_prune.selection import select_to_sparsity
 
 
@@ -168,11 +168,11 @@ def fit(config, args: argparse.Namespace, splits, tokenizer, seed: int, workdir:
 def evaluate_masked(trainer, masks, splits) -> dict:
     """Test metrics, sparsity and FLOPs ratio of the gated model with the given keep-masks (restored after)."""
     with masks_applied(get_pruning_state(trainer.pruned_model), masks):
-        summary = gated_summary(trainer.pruned_model)
+        summary = pruning_summary(trainer.pruned_model)
         flops = "flops_per_sequence_128"
         return {
             "sparsity": summary["sparsity"],
-            "flops_ratio": summary["after_projected"][flops] / summary["before"][flops],
+            "flops_ratio": summary["after"][flops] / summary["before"][flops],
             **test_metrics(trainer, splits),
         }
 

@@ -30,7 +30,7 @@ def pruned_model(sparsity: float, multiple: int):
         return model, 1.0
     hf_prune.prepare_model_for_pruning(model, MagnitudeConfig(target_sparsity=sparsity, neuron_multiple=multiple))
     hf_prune.finalize_model(model)
-    result = hf_prune.export.pruning_result(model)
+    result = hf_prune.pruning_summary(model)
     return model.eval(), result["after"]["flops_per_sequence_128"] / result["before"]["flops_per_sequence_128"]
 
 

@@ -14,6 +14,7 @@ from .methods import BingoConfig, BmrsConfig, MagnitudeConfig, PruningMethod, Ra
 from .model_card import set_card_info
 from .prune import prune_structures
 from .registry import available_methods, register_method
+from .report import pruning_summary
 from .trainer import PruningTrainer
 
 
@@ -37,6 +38,7 @@ __all__ = [
     "get_architecture",
     "prepare_model_for_pruning",
     "prune_structures",
+    "pruning_summary",
     "register_architecture",
     "register_method",
     "set_card_info",

@@ -31,7 +31,7 @@ from . import modeling_hf_prune
 from .accounting import layer_shapes
 from .architectures import ArchitectureSpec, get_architecture, task_classes
 from .configs import CONFIG_NAME, to_json
-from .report import pruning_result
+from .report import pruning_summary
 
 
 MODELING_FILE = "modeling_hf_prune.py"
@@ -198,7 +198,7 @@ def write_pruning_config(model: nn.Module, directory: str | os.PathLike) -> None
     """Write `pruning_config.json`: the method and its hyper-parameters (when known), the kept indices per layer and
     the parameter and FLOP counts before and after."""
     config = getattr(model, "_hf_prune_config", None)
-    result = pruning_result(model)
+    result = pruning_summary(model)
     if config is not None:
         config.save_pretrained(directory, result=result)
     else:

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
 
 from .architectures import get_architecture, task_classes
-from .report import pruning_result
+from .report import pruning_summary
 
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
@@ -77,7 +77,7 @@ def _versions() -> dict[str, str]:
 def render_model_card(model: nn.Module, repo_id: str | None = None) -> ModelCard:
     """The card of a finalized (physically pruned) model, from its pruning record and `set_card_info` facts."""
     info = dict(getattr(model, "_hf_prune_card", None) or {})
-    result = pruning_result(model)
+    result = pruning_summary(model)
     config = getattr(model, "_hf_prune_config", None)
     method = config.method if config is not None else "manual"
     method_cls = None
@@ -168,7 +168,7 @@ def plot_kept_units(model: nn.Module, path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    result = pruning_result(model)
+    result = pruning_summary(model)
     before, after = result["before"]["layers"], result["after"]["layers"]
     layers = range(len(after))
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.2), constrained_layout=True)

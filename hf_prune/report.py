@@ -1,4 +1,5 @@
-"""What a gated (not yet finalized) model would keep: metrics for logging and the checkpoint `pruning_config.json`."""
+"""`pruning_summary`: what was pruned, in one form for gated and finalized models (logged metrics, checkpoints,
+`pruning_config.json`, model cards, reports)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,23 @@ from torch import nn
 from .accounting import forward_flops, layer_shapes, model_parameters, prunable_parameters, unit_costs
 from .architectures import get_architecture, transformer_blocks
 from .constants import HEADS, NEURONS
-from .mapping import get_pruning_state
+from .mapping import get_pruning_state, is_prepared
 
 
 SEQ_LEN = 128  # FLOPs are reported per sequence of this many tokens
 
 
-def gated_summary(model: nn.Module) -> dict:
-    """Kept units per layer under the current masks, and the parameter and FLOP counts the model would have if it
-    were finalized now (computed from unit sizes; the model is not touched)."""
+def pruning_summary(model: nn.Module) -> dict:
+    """What was pruned: the kept head and neuron indices per layer (relative to the original model), the parameter
+    and FLOP counts before and after, the share of prunable parameters removed (`sparsity`), and `stage`.
+
+    For a gated model (`stage="gated"`) "after" is what finalizing now would give, computed from unit sizes without
+    touching the model; for a finalized one (`stage="finalized"`) it is counted on the model, with its `export` form.
+    """
+    return _gated_summary(model) if is_prepared(model) else _finalized_summary(model)
+
+
+def _gated_summary(model: nn.Module) -> dict:
     state = get_pruning_state(model)
     layers = list(transformer_blocks(model, state.spec))
     heads_kept, neurons_kept, removed, removed_heads = {}, {}, 0, 0
@@ -38,8 +47,14 @@ def gated_summary(model: nn.Module) -> dict:
     return {
         "kept_heads": {str(k): v for k, v in heads_kept.items()},
         "kept_neurons": {str(k): v for k, v in neurons_kept.items()},
-        "before": {"parameters": parameters, "prunable_parameters": prunable, f"flops_per_sequence_{SEQ_LEN}": flops},
-        "after_projected": {
+        "stage": "gated",
+        "before": {
+            "parameters": parameters,
+            "prunable_parameters": prunable,
+            f"flops_per_sequence_{SEQ_LEN}": flops,
+            "layers": [s.to_dict() for s in layer_shapes(model, state.spec, state.head_dim)],
+        },
+        "after": {
             "parameters": parameters - removed,
             "prunable_parameters": prunable - removed,
             f"flops_per_sequence_{SEQ_LEN}": flops - flops_removed,
@@ -49,31 +64,33 @@ def gated_summary(model: nn.Module) -> dict:
 
 
 def pruning_metrics(model: nn.Module) -> dict[str, float]:
-    """`pruning/*` scalars for `Trainer.log`."""
-    state = get_pruning_state(model)
+    """`pruning/*` scalars for `Trainer.log` (and for plots of a finalized model): heads and neurons kept, their
+    fractions, sparsity, parameter ratio, and the method's own metrics while the model is gated."""
+    summary = pruning_summary(model)
     metrics = {}
     for kind in (HEADS, NEURONS):
-        gates = [g for g in state.gates(kind) if g is not None]
-        if gates:
-            kept = sum(int(g.mask.sum()) for g in gates)
-            scale = state.layers[0].group_size if kind == HEADS else 1
-            metrics[f"pruning/{kind}_kept"] = kept * scale
-            metrics[f"pruning/{kind}_kept_fraction"] = kept / sum(g.num_units for g in gates)
-    summary = gated_summary(model)
+        kept = summary[f"kept_{kind}"]
+        if kept:
+            total = sum(layer[kind] for layer in summary["before"].get("layers", []))
+            count = sum(len(indices) for indices in kept.values())
+            metrics[f"pruning/{kind}_kept"] = count
+            metrics[f"pruning/{kind}_kept_fraction"] = count / total if total else 0.0
     metrics["pruning/sparsity"] = summary["sparsity"]
-    metrics["pruning/parameter_ratio"] = summary["after_projected"]["parameters"] / summary["before"]["parameters"]
-    metrics.update({f"pruning/{k}": v for k, v in state.method.metrics().items()})
+    if summary["before"]:
+        metrics["pruning/parameter_ratio"] = summary["after"]["parameters"] / summary["before"]["parameters"]
+    if summary["stage"] == "gated":  # the method's own statistics (probes, would-prune counts, ...)
+        metrics.update({f"pruning/{k}": v for k, v in get_pruning_state(model).method.metrics().items()})
     return metrics
 
 
-def pruning_result(model: nn.Module) -> dict:
-    """What a finalized model kept: export form, kept indices per layer, counts before and after, sparsity."""
+def _finalized_summary(model: nn.Module) -> dict:
     spec = get_architecture(model)
     head_dim = spec.head_dim(model.config)
     record = getattr(model, "_hf_prune_kept", None) or {}
     prunable = prunable_parameters(model, spec)
     before = record.get("before", {})
     return {
+        "stage": "finalized",
         "export": "remote_code" if getattr(model.config, "hf_prune_layout", None) is not None else "stock",
         "kept_heads": {str(k): v for k, v in record.get("heads", {}).items()},
         "kept_neurons": {str(k): v for k, v in record.get("neurons", {}).items()},

@@ -22,7 +22,7 @@ from .mapping import gate_parameters, gates_bypassed, get_pruning_state, is_prep
 from .methods.base import StepContext
 from .methods.search import MaskEvaluator
 from .model_card import set_card_info, write_model_card
-from .report import gated_summary, pruning_metrics
+from .report import pruning_metrics, pruning_summary
 
 
 logger = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class PruningTrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save and is_prepared(self.pruned_model):
             # gated checkpoints: the config plus what would be kept if the model were finalized now
-            self.pruning_config.save_pretrained(output_dir, result=gated_summary(self.pruned_model))
+            self.pruning_config.save_pretrained(output_dir, result=pruning_summary(self.pruned_model))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if resume_from_checkpoint:

@@ -59,7 +59,7 @@ def test_bmrs_prunes_a_large_share_and_keeps_accuracy(tmp_path):
         gated_accuracy = accuracy(trainer)
         trainer.finalize(measure_latency=False, evaluate=False)
         pruned_accuracy = accuracy(trainer)
-        result = hf_prune.export.pruning_result(trainer.model)
+        result = hf_prune.pruning_summary(trainer.model)
         shares[name] = result["sparsity"]
         assert gated_accuracy >= 0.95 and pruned_accuracy >= gated_accuracy - 0.02, (
             name,

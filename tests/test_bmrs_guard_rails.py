@@ -41,7 +41,7 @@ def test_floors_hold_at_every_decision(tmp_path):
         assert min(counts(masks, HEADS)) >= 2 and min(counts(masks, NEURONS)) >= 10
     assert sum(counts(history.masks[-1], NEURONS)) < 0.5 * 2 * 48  # pruning still happened
     trainer.finalize(evaluate=False, measure_latency=False)
-    result = hf_prune.export.pruning_result(trainer.model)
+    result = hf_prune.pruning_summary(trainer.model)
     assert min(len(v) for v in result["kept_neurons"].values()) >= 10
     assert min(len(v) for v in result["kept_heads"].values()) >= 2
 

@@ -58,7 +58,7 @@ def test_method_on_family(method, family, tmp_path):
     pruned = trainer.finalize(evaluate=False, measure_latency=False).eval()
     finalized = logits(pruned, batch)
     torch.testing.assert_close(finalized, hard, atol=1e-5, rtol=1e-4)
-    assert hf_prune.export.pruning_result(pruned)["sparsity"] > 0
+    assert hf_prune.pruning_summary(pruned)["sparsity"] > 0
 
     pruned.save_pretrained(tmp_path / "pruned")
     reloaded = hf_prune.AutoPrunedModel.from_pretrained(tmp_path / "pruned").eval()

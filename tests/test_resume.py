@@ -45,7 +45,7 @@ def test_resume_continues_exactly(method, tmp_path):
     full = run(tmp_path, "full", config)
     if isinstance(config, hf_prune.TargetConfig):
         saved = json.loads((tmp_path / "full" / "checkpoint-3" / "pruning_config.json").read_text())["result"]
-        final = hf_prune.report.gated_summary(full.model)["sparsity"]
+        final = hf_prune.pruning_summary(full.model)["sparsity"]
         assert 0.1 < saved["sparsity"] < final, (saved["sparsity"], final)  # part of the way to the target
     resumed = run(tmp_path, "resumed", config, resume=str(tmp_path / "full" / "checkpoint-3"))
     state_full = full.model.state_dict()

@@ -70,10 +70,18 @@ def test_schedule_reaches_the_target_at_prune_end_and_masks_never_regrow(method,
         assert 0 < history.sparsity[2] < 0.5 - largest_unit(model) / total
         assert history.sparsity[2] < history.sparsity[3] < history.sparsity[4]
     kept = {k: [m.clone() for m in get_pruning_state(model).masks(k)] for k in (HEADS, NEURONS)}
+    gated = hf_prune.pruning_summary(model)
     trainer.finalize(measure_latency=False)
-    result = hf_prune.export.pruning_result(trainer.model)
+    result = hf_prune.pruning_summary(trainer.model)
+    assert (gated["stage"], result["stage"]) == ("gated", "finalized")
     assert result["sparsity"] == pytest.approx(history.sparsity[-1])  # finalize removes exactly what the schedule did
     assert [len(v) for v in result["kept_neurons"].values()] == [int(m.sum()) for m in kept[NEURONS]]
+    # one summary for both stages: the gated projection is what finalizing gave
+    assert (result["kept_heads"], result["kept_neurons"]) == (gated["kept_heads"], gated["kept_neurons"])
+    for key in ("parameters", "prunable_parameters"):  # FLOPs: the gated projection is approximate (within 2 %)
+        assert result["after"][key] == gated["after"][key], key
+    flops = "flops_per_sequence_128"
+    assert result["after"][flops] == pytest.approx(gated["after"][flops], rel=0.02)
 
 
 def test_recovery_trains_the_rest_while_removed_units_stay_at_zero(tmp_path):

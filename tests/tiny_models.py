@@ -266,7 +266,7 @@ def mask_history():
 
     from hf_prune.constants import HEADS, NEURONS
     from hf_prune.mapping import get_pruning_state
-    from hf_prune.report import gated_summary
+    from hf_prune.report import pruning_summary
 
     class _History(TrainerCallback):
         def __init__(self):
@@ -275,7 +275,7 @@ def mask_history():
         def on_step_end(self, args, state, control, model=None, **kwargs):
             pruning = get_pruning_state(model)
             self.masks.append({k: [m.clone() for m in pruning.masks(k) if m is not None] for k in (HEADS, NEURONS)})
-            self.sparsity.append(gated_summary(model)["sparsity"])
+            self.sparsity.append(pruning_summary(model)["sparsity"])
             self.weights.append({n: p.detach().clone() for n, p in model.named_parameters() if "hf_prune" not in n})
 
     return _History()

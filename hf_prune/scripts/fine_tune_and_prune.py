@@ -39,7 +39,7 @@ from hf_prune import PruningArguments, PruningConfig, PruningTrainer, set_card_i
 from hf_prune.latency import latency_stats
 from hf_prune.mapping import gates_bypassed
 from hf_prune.model_card import plot_kept_units
-from hf_prune.report import pruning_result
+from hf_prune.report import pruning_metrics, pruning_summary
 from hf_prune.scripts.classification import (
     EMBEDDED_BASE_MODEL,
     build_compute_metrics,
@@ -54,7 +54,7 @@ from hf_prune.scripts.classification import (
 from hf_prune.scripts.data import DEFAULT_SPLIT_SEED
 from hf_prune.scripts.parser import PruningScriptParser
 from hf_prune.scripts.plots import plot_pruning_history
-from hf_prune.scripts.reporting import build_report, card_info, final_pruning_metrics, latency_report, log_summary
+from hf_prune.scripts.reporting import build_report, card_info, latency_report, log_summary
 from hf_prune.scripts.utils import check_output_dir, setup_logging
 
 
@@ -315,7 +315,7 @@ def main(
     output_dir, pruned_dir = training_args.output_dir, os.path.join(training_args.output_dir, PRUNED_DIR)
     results: dict[str, Any] = {}
     if trainer.is_world_process_zero():
-        result = pruning_result(model)
+        result = pruning_summary(model)
         timings["total"] = time.perf_counter() - start
         results = build_report(
             model_name_or_path=model_args.model_name_or_path,
@@ -333,7 +333,7 @@ def main(
             json.dump(results, f, indent=2)
         losses = {"loss (gated)": validation_before["eval_loss"], "loss (pruned)": validation_after["eval_loss"]}
         history_plot = os.path.join(output_dir, "pruning_history.png")
-        plot_pruning_history(trainer.state.log_history, history_plot, {**final_pruning_metrics(result), **losses})
+        plot_pruning_history(trainer.state.log_history, history_plot, {**pruning_metrics(model), **losses})
         plot_kept_units(model, os.path.join(output_dir, "kept_units.png"))
     trainer.args.output_dir = pruned_dir  # checkpoints and *_results.json stay above; the model goes to its folder
     if training_args.push_to_hub:  # saves, then uploads the folder: a failed push leaves every local file written

@@ -66,7 +66,7 @@ def build_report(
     latency: dict | None,
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """The content of `metrics.json`; `result` is `hf_prune.report.pruning_result(model)` of the pruned model (the
+    """The content of `metrics.json`; `result` is `hf_prune.report.pruning_summary(model)` of the pruned model (the
     `result` entry of its `pruning_config.json`), `evaluations` the metrics of each model and split."""
     before, after = result["before"], result["after"]
     flops_key = next((k for k in after if k.startswith("flops_per_sequence")), None)
@@ -105,20 +105,6 @@ def build_report(
             "torch": torch.__version__,
         },
     }
-
-
-def final_pruning_metrics(result: dict) -> dict[str, float]:
-    """The `pruning/*` values of the finalized model, from its pruning result."""
-    before, after = result["before"], result["after"]
-    metrics = {
-        "pruning/sparsity": result["sparsity"],
-        "pruning/parameter_ratio": after["parameters"] / before["parameters"],
-    }
-    for unit in ("heads", "neurons"):
-        kept, total = (sum(layer[unit] for layer in r["layers"]) for r in (after, before))
-        metrics[f"pruning/{unit}_kept"] = kept
-        metrics[f"pruning/{unit}_kept_fraction"] = kept / total if total else 0.0
-    return metrics
 
 
 def log_summary(results: dict[str, Any], pruned_dir: str) -> None:
