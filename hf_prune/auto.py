@@ -12,6 +12,7 @@ from transformers.utils import cached_file
 from .architectures import get_architecture, get_architecture_by_type
 from .configs import CONFIG_NAME, PruningConfig
 from .export import _export_class, generated_module
+from .record import record_of
 
 
 class AutoPrunedModel:
@@ -63,13 +64,13 @@ def _restore_record(model, path, hub_kwargs) -> None:
         data = json.load(f)
     result = data.get("result", {})
     if data.get("method") not in (None, "manual"):
-        model._hf_prune_config = PruningConfig.from_dict(data)
+        record_of(model).config = PruningConfig.from_dict(data)
     before = result.get("before")
     if before:
         base = model.config.to_dict()
         for key in ("hf_prune_layout", "hf_prune_base_model_type", "auto_map"):
             base.pop(key, None)
-        model._hf_prune_kept = {
+        record_of(model).kept = {
             "heads": {int(k): v for k, v in result.get("kept_heads", {}).items()},
             "neurons": {int(k): v for k, v in result.get("kept_neurons", {}).items()},
             "before": before,

@@ -31,6 +31,7 @@ from . import modeling_hf_prune
 from .accounting import layer_shapes
 from .architectures import ArchitectureSpec, get_architecture, task_classes
 from .configs import CONFIG_NAME, to_json
+from .record import record_of
 from .report import pruning_summary
 
 
@@ -123,7 +124,7 @@ class PrunedExportMixin:
             if getattr(self.config, "hf_prune_layout", None) is not None:
                 (staging / MODELING_FILE).write_text(modeling_source(get_architecture(self)))
             write_pruning_config(self, staging)
-            if getattr(self, "_hf_prune_write_card", True):
+            if record_of(self).write_card:
                 from .model_card import write_model_card
 
                 write_model_card(self, staging, existing=save_directory / "README.md")
@@ -153,8 +154,8 @@ class PrunedExportMixin:
 
         api = HfApi(token=token if isinstance(token, str) else None)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        card = dict(getattr(self, "_hf_prune_card", None) or {})
-        self._hf_prune_card = {**card, "repo_id": repo_id, "tags": sorted({*card.get("tags", []), *(tags or [])})}
+        card = dict(record_of(self).card)
+        record_of(self).card = {**card, "repo_id": repo_id, "tags": sorted({*card.get("tags", []), *(tags or [])})}
         try:
             with tempfile.TemporaryDirectory() as folder:
                 try:  # an existing card is updated, not replaced: the writer keeps its text and metadata
@@ -178,7 +179,7 @@ class PrunedExportMixin:
                     create_pr=create_pr,
                 )
         finally:
-            self._hf_prune_card = card
+            record_of(self).card = card
 
 
 def _move_into(staging: Path, target: Path) -> None:
@@ -197,7 +198,7 @@ def _move_into(staging: Path, target: Path) -> None:
 def write_pruning_config(model: nn.Module, directory: str | os.PathLike) -> None:
     """Write `pruning_config.json`: the method and its hyper-parameters (when known), the kept indices per layer and
     the parameter and FLOP counts before and after."""
-    config = getattr(model, "_hf_prune_config", None)
+    config = record_of(model).config
     result = pruning_summary(model)
     if config is not None:
         config.save_pretrained(directory, result=result)
@@ -213,8 +214,8 @@ def make_exportable(model: nn.Module) -> nn.Module:
     config = model.config
     head_dim = spec.head_dim(config)
     shapes = layer_shapes(model, spec, head_dim)
-    base = model._hf_prune_kept["base_config"]
-    original = [dict(s) for s in model._hf_prune_kept["before"]["layers"]]
+    base = record_of(model).kept["base_config"]
+    original = [dict(s) for s in record_of(model).kept["before"]["layers"]]
     uniform = all(s == shapes[0] for s in shapes) and shapes[0].heads > 0 and shapes[0].neurons > 0
     heads_changed = any(s.heads != o["heads"] or s.kv_heads != o["kv_heads"] for s, o in zip(shapes, original))
     stock = uniform and (spec.can_express_heads or not heads_changed)

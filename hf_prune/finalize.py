@@ -10,6 +10,7 @@ from .architectures import transformer_blocks
 from .constants import HEADS, NEURONS
 from .mapping import get_pruning_state, remove_gates
 from .prune import prune_structures
+from .record import record_of
 
 
 @torch.no_grad()
@@ -41,7 +42,7 @@ def finalize_model(model: nn.Module) -> nn.Module:
                 pruned = (pruned[:, None] * gated.group_size + offsets).flatten()
             plan[kind][gated.index] = pruned.tolist()
     remove_gates(model)
-    model._hf_prune_config = state.config
+    record_of(model).config = state.config
     return prune_structures(model, heads=plan[HEADS], neurons=plan[NEURONS])
 
 

@@ -14,6 +14,7 @@ from .accounting import layer_shapes
 from .architectures import ArchitectureSpec, get_architecture, transformer_blocks
 from .constants import GATE_NAME, HEADS, NEURONS
 from .gates import UnitGate, gate_hook
+from .record import record_of
 from .registry import get_method
 
 
@@ -51,14 +52,14 @@ class PruningState:
 
 
 def get_pruning_state(model: nn.Module) -> PruningState:
-    state = getattr(model, "_hf_prune_state", None)
+    state = record_of(model).state
     if state is None:
         raise ValueError("This model has no pruning gates: call `hf_prune.prepare_model_for_pruning(model, config)`.")
     return state
 
 
 def is_prepared(model: nn.Module) -> bool:
-    return getattr(model, "_hf_prune_state", None) is not None
+    return record_of(model).state is not None
 
 
 def prepare_model_for_pruning(model: nn.Module, config: PruningConfig) -> nn.Module:
@@ -70,7 +71,7 @@ def prepare_model_for_pruning(model: nn.Module, config: PruningConfig) -> nn.Mod
     if is_prepared(model):
         raise ValueError("This model already has pruning gates; prepare it only once.")
     spec = get_architecture(model)
-    if getattr(model.config, "hf_prune_layout", None) is not None or getattr(model, "_hf_prune_kept", None):
+    if getattr(model.config, "hf_prune_layout", None) is not None or record_of(model).kept:
         raise ValueError(
             "This model was already physically pruned. Gating it again is not supported: start from the dense "
             "model, or fine-tune the pruned model without hf_prune."
@@ -89,7 +90,7 @@ def prepare_model_for_pruning(model: nn.Module, config: PruningConfig) -> nn.Mod
                 state, layer.get_submodule(spec.mlp_out), method.create_gate(NEURONS, i, shape.neurons)
             )
         state.layers.append(GatedLayer(i, head_gate, neuron_gate, group_size))
-    model._hf_prune_state = state
+    record_of(model).state = state
     method.attach(model, state)
     return model
 
@@ -112,7 +113,7 @@ def remove_gates(model: nn.Module) -> PruningState:
     for module in model.modules():
         if GATE_NAME in module._modules:
             del module._modules[GATE_NAME]
-    del model._hf_prune_state
+    record_of(model).state = None
     return state
 
 
