@@ -165,28 +165,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def config_for(method: str, args, target: float, neurons: int) -> hf_prune.PruningConfig:
-    """Every method with the same schedule and the same guard rails as the quality benchmark."""
-    rails = dict(min_heads_per_layer=1, min_neurons_per_layer=round((1 - MAX_LAYER_RATIO) * neurons))
-    if method in BMRS_VARIANTS:
-        return hf_prune.BmrsConfig(**BMRS_VARIANTS[method], **rails)
-    common = dict(
-        target_sparsity=target, schedule=args.schedule, prune_start=args.prune_start, prune_end=args.prune_end, **rails
-    )
-    if method == "torch_pruning_taylor":
-        return TorchPruningConfig(**common)
-    method, fields = VARIANTS.get(method, (method, {}))
-    return hf_prune.registry.get_method(method).config_class(**{**common, **fields})
+def config_class_of(name: str) -> tuple[type, dict]:
+    """The config class of a registered method, a BMRS variant or an ablation variant, and the variant's fields."""
+    method, fields = {**{k: ("bmrs", v) for k, v in BMRS_VARIANTS.items()}, **VARIANTS}.get(name, (name, {}))
+    return hf_prune.registry.get_method(method).config_class, fields
+
+
+def config_for(name: str, args, target: float, neurons: int) -> hf_prune.PruningConfig:
+    """Every run with the same guard rails as the quality benchmark; methods that take a target also get the same
+    schedule. `name` is a registered method, a BMRS variant or an ablation variant."""
+    config_class, fields = config_class_of(name)
+    common = dict(min_heads_per_layer=1, min_neurons_per_layer=round((1 - MAX_LAYER_RATIO) * neurons))
+    if issubclass(config_class, TargetConfig):
+        common.update(
+            target_sparsity=target, schedule=args.schedule, prune_start=args.prune_start, prune_end=args.prune_end
+        )
+    return config_class(**{**common, **fields})
+
+
+def calibration_batches(splits, tokenizer, size: int = 256, batch: int = 32) -> list[dict]:
+    """The first `size` training examples in batches: the gradients Torch-Pruning's Taylor importance reads."""
+    collator = DataCollatorWithPadding(tokenizer)
+    rows = splits["train"].select(range(min(size, len(splits["train"]))))
+    return [dict(collator([rows[j] for j in range(i, min(i + batch, len(rows)))])) for i in range(0, len(rows), batch)]
 
 
 def run_one(method: str, target: float, seed: int, args, splits, tokenizer, neurons: int, workdir: str) -> dict:
     config = None if method == "dense" else config_for(method, args, target, neurons)
-    if method == "torch_pruning_taylor":
-        collator = DataCollatorWithPadding(tokenizer)
-        rows = splits["train"].select(range(min(256, len(splits["train"]))))
-        TorchPruningMethod.calibration = [
-            dict(collator([rows[j] for j in range(i, min(i + 32, len(rows)))])) for i in range(0, len(rows), 32)
-        ]
     training_args = training_arguments(
         workdir,
         args.epochs,
@@ -308,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         for target in args.sparsities:
             for method in args.methods:
-                own_point = method == "dense" or method in BMRS_VARIANTS
+                own_point = method == "dense" or not issubclass(config_class_of(method)[0], TargetConfig)
                 if own_point and target != args.sparsities[0]:
                     continue  # one run per seed: no target
                 key = run_key(args, method, None if own_point else target, seed)
@@ -321,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
                         from common import pretrained_path
 
                         neurons = transformers.AutoConfig.from_pretrained(pretrained_path()).intermediate_size
+                        TorchPruningMethod.calibration = calibration_batches(splits, tokenizer)
                     with tempfile.TemporaryDirectory() as workdir:
                         point = None if own_point else target
                         found = [run_one(method, point, seed, args, splits, tokenizer, neurons, workdir)]
