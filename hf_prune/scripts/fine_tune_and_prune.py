@@ -63,10 +63,8 @@ logger = logging.getLogger(__name__)
 # The defaults of a run, by flag name, in one place: the method, values for fields of the method's config (for the
 # methods that have them), and the training budget. A flag or a key of the arguments file overrides each.
 DEFAULTS: dict[str, Any] = {
-    # BINGO removing half of the prunable parameters while it fine-tunes. On the benchmark (3 epochs, the library's
-    # 20-70 % schedule) BINGO and magnitude keep the dense accuracy at 50 %; with this script's one-epoch budget, a
-    # schedule from 10 % to 50 % of the steps (half the run left to recover), batch 16 and lr 1e-4 measured BINGO at
-    # -0.6 points and magnitude at -1.0 against the dense reference of the same budget (see examples/README.md).
+    # BINGO removing half while it fine-tunes; for one epoch a 10-50 % schedule, batch 16, lr 1e-4 measured -0.6 points
+    # against the dense reference (magnitude: -1.0); see examples/README.md
     "method": "bingo",
     "target_sparsity": 0.5,
     "prune_start": 0.1,
