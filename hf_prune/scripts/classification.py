@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import datasets
 import evaluate
@@ -199,6 +200,20 @@ def strip_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     }
 
 
+def trainer_inputs(
+    tokenized: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, args: TrainingArguments
+) -> dict[str, Any]:
+    """The data, collator and metrics every trainer of this script gets; the test split is not among them (it is read
+    only for the final report)."""
+    return {
+        "train_dataset": tokenized["train"],
+        "eval_dataset": tokenized["validation"],
+        "processing_class": tokenizer,
+        "data_collator": DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.fp16 else None),
+        "compute_metrics": build_compute_metrics(),
+    }
+
+
 def fine_tune_dense(
     load_model: Callable[[], PreTrainedModel],
     training_args: TrainingArguments,
@@ -217,15 +232,7 @@ def fine_tune_dense(
         report_to="none",
     )
     set_seed(args.seed)
-    trainer = Trainer(
-        model=load_model(),
-        args=args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.fp16 else None),
-        compute_metrics=build_compute_metrics(),
-    )
+    trainer = Trainer(model=load_model(), args=args, **trainer_inputs(tokenized, tokenizer, args))
     trainer.train()
     validation = strip_prefix(trainer.evaluate(metric_key_prefix="eval"), "eval")
     test_metrics = None

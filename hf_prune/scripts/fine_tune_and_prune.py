@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from transformers import DataCollatorWithPadding, set_seed
+from transformers import set_seed
 from transformers.trainer_utils import SaveStrategy
 
 from hf_prune import PruningArguments, PruningConfig, PruningTrainer, set_card_info
@@ -42,7 +42,6 @@ from hf_prune.model_card import plot_kept_units
 from hf_prune.report import pruning_metrics, pruning_summary
 from hf_prune.scripts.classification import (
     EMBEDDED_BASE_MODEL,
-    build_compute_metrics,
     effective_max_length,
     embedded_model_path,
     fine_tune_dense,
@@ -50,6 +49,7 @@ from hf_prune.scripts.classification import (
     load_model_and_tokenizer,
     strip_prefix,
     tokenize_datasets,
+    trainer_inputs,
 )
 from hf_prune.scripts.data import DEFAULT_SPLIT_SEED
 from hf_prune.scripts.parser import PruningScriptParser
@@ -260,11 +260,7 @@ def main(
         model=model,
         args=training_args,
         pruning_config=pruning_config,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None),
-        compute_metrics=build_compute_metrics(),
+        **trainer_inputs(tokenized, tokenizer, training_args),
     )
     logger.info("*** Fine-tune with %s pruning ***", pruning_config.method)
     tick = time.perf_counter()
