@@ -105,6 +105,21 @@ def train(config, splits, tokenizer, args: PruningArguments) -> tuple[Trainer, f
     return trainer, time.perf_counter() - start
 
 
+def fit(config, args, splits, tokenizer, seed: int, workdir: str, **overrides) -> tuple[Trainer, float]:
+    """`train` with the budget of a benchmark's command line (`args.epochs`, `max_steps`, `batch_size`,
+    `learning_rate`)."""
+    training_args = training_arguments(
+        workdir,
+        args.epochs,
+        seed,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        **overrides,
+    )
+    return train(config, splits, tokenizer, training_args)
+
+
 def finalized_record(trainer: PruningTrainer) -> dict:
     """Finalize the trained model (the method's own rule) and describe what was removed."""
     model = trainer.finalize(evaluate=False, measure_latency=False)

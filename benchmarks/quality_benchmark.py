@@ -42,11 +42,10 @@ from common import (
     accuracy_metrics,
     environment,
     finalized_record,
+    fit,
     pretrained_path,
     sentiment_splits,
     test_metrics,
-    train,
-    training_arguments,
     write_section,
 )
 from torch_pruning_peer import CRITERIA, prune_to_sparsity
@@ -152,19 +151,6 @@ def guard_rails(num_neurons: int) -> dict:
     }
 
 
-def fit(config, args: argparse.Namespace, splits, tokenizer, seed: int, workdir: str):
-    training_args = training_arguments(
-        workdir,
-        args.epochs,
-        seed,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        metric_for_best_model="accuracy",
-    )
-    return train(config, splits, tokenizer, training_args)
-
-
 def evaluate_masked(trainer, masks, splits) -> dict:
     """Test metrics, sparsity and FLOPs ratio of the gated model with the given keep-masks (restored after)."""
     with masks_applied(get_pruning_state(trainer.pruned_model), masks):
@@ -189,7 +175,7 @@ def row(method: str, seed: int, target: float | None, result: dict, **extra) -> 
 
 def run_bmrs(name: str, args, splits, tokenizer, seed: int, workdir: str) -> list[dict]:
     config = hf_prune.BmrsConfig(**BMRS_VARIANTS[name])
-    trainer, seconds = fit(config, args, splits, tokenizer, seed, workdir)
+    trainer, seconds = fit(config, args, splits, tokenizer, seed, workdir, metric_for_best_model="accuracy")
     logged = [entry for entry in trainer.state.log_history if any("would_prune" in k for k in entry)]
     would_prune = {k: v for k, v in (logged[-1] if logged else {}).items() if "would_prune" in k}
     record = finalized_record(trainer)
@@ -198,7 +184,15 @@ def run_bmrs(name: str, args, splits, tokenizer, seed: int, workdir: str) -> lis
 
 
 def run_plain(args, splits, tokenizer, seed: int, workdir: str, points: list[float], neurons: int) -> list[dict]:
-    trainer, seconds = fit(hf_prune.MagnitudeConfig(**guard_rails(neurons)), args, splits, tokenizer, seed, workdir)
+    trainer, seconds = fit(
+        hf_prune.MagnitudeConfig(**guard_rails(neurons)),
+        args,
+        splits,
+        tokenizer,
+        seed,
+        workdir,
+        metric_for_best_model="accuracy",
+    )
     state = get_pruning_state(trainer.pruned_model)
     dense = {k: [None if m is None else torch.ones_like(m) for m in state.masks(k)] for k in (HEADS, NEURONS)}
     rows = [row("dense", seed, 0.0, evaluate_masked(trainer, dense, splits), train_seconds=seconds)]
@@ -244,7 +238,7 @@ SEARCHED = ("bingo",)  # methods whose accuracy-preserving search is reported to
 def run_one_shot(method: str, args, splits, tokenizer, seed: int, workdir: str, points, neurons) -> list[dict]:
     config_class = hf_prune.registry.get_method(method).config_class
     config = config_class(**guard_rails(neurons), **OWN_RUN_SETTINGS[method](args))
-    trainer, seconds = fit(config, args, splits, tokenizer, seed, workdir)
+    trainer, seconds = fit(config, args, splits, tokenizer, seed, workdir, metric_for_best_model="accuracy")
     method_state = get_pruning_state(trainer.pruned_model).method
     metrics = method_state.metrics()
     extra = {"train_seconds": seconds}

@@ -39,10 +39,9 @@ from common import (
     ROOT,
     environment,
     finalized_record,
+    fit,
     sentiment_splits,
     test_metrics,
-    train,
-    training_arguments,
 )
 from torch_pruning_peer import MAX_LAYER_RATIO, prune_to_sparsity
 from transformers import DataCollatorWithPadding
@@ -192,15 +191,7 @@ def calibration_batches(splits, tokenizer, size: int = 256, batch: int = 32) -> 
 
 def run_one(method: str, target: float, seed: int, args, splits, tokenizer, neurons: int, workdir: str) -> dict:
     config = None if method == "dense" else config_for(method, args, target, neurons)
-    training_args = training_arguments(
-        workdir,
-        args.epochs,
-        seed,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-    )
-    trainer, seconds = train(config, splits, tokenizer, training_args)
+    trainer, seconds = fit(config, args, splits, tokenizer, seed, workdir)
     record = {"sparsity": 0.0, "flops_ratio": 1.0}
     if config is not None:
         record = finalized_record(trainer)
