@@ -31,7 +31,7 @@ from . import modeling_hf_prune
 from .accounting import layer_shapes
 from .architectures import ArchitectureSpec, get_architecture, task_classes
 from .configs import CONFIG_NAME, to_json
-from .record import record_of
+from .record import find_record, record_of
 from .report import pruning_summary
 
 
@@ -124,7 +124,7 @@ class PrunedExportMixin:
             if getattr(self.config, "hf_prune_layout", None) is not None:
                 (staging / MODELING_FILE).write_text(modeling_source(get_architecture(self)))
             write_pruning_config(self, staging)
-            if record_of(self).write_card:
+            if find_record(self).write_card:
                 from .model_card import write_model_card
 
                 write_model_card(self, staging, existing=save_directory / "README.md")
@@ -154,7 +154,7 @@ class PrunedExportMixin:
 
         api = HfApi(token=token if isinstance(token, str) else None)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        card = dict(record_of(self).card)
+        card = dict(find_record(self).card)
         record_of(self).card = {**card, "repo_id": repo_id, "tags": sorted({*card.get("tags", []), *(tags or [])})}
         try:
             with tempfile.TemporaryDirectory() as folder:
@@ -198,7 +198,7 @@ def _move_into(staging: Path, target: Path) -> None:
 def write_pruning_config(model: nn.Module, directory: str | os.PathLike) -> None:
     """Write `pruning_config.json`: the method and its hyper-parameters (when known), the kept indices per layer and
     the parameter and FLOP counts before and after."""
-    config = record_of(model).config
+    config = find_record(model).config
     result = pruning_summary(model)
     if config is not None:
         config.save_pretrained(directory, result=result)
@@ -214,8 +214,8 @@ def make_exportable(model: nn.Module) -> nn.Module:
     config = model.config
     head_dim = spec.head_dim(config)
     shapes = layer_shapes(model, spec, head_dim)
-    base = record_of(model).kept["base_config"]
-    original = [dict(s) for s in record_of(model).kept["before"]["layers"]]
+    base = find_record(model).kept["base_config"]
+    original = [dict(s) for s in find_record(model).kept["before"]["layers"]]
     uniform = all(s == shapes[0] for s in shapes) and shapes[0].heads > 0 and shapes[0].neurons > 0
     heads_changed = any(s.heads != o["heads"] or s.kv_heads != o["kv_heads"] for s, o in zip(shapes, original))
     stock = uniform and (spec.can_express_heads or not heads_changed)

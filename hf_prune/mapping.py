@@ -14,7 +14,7 @@ from .accounting import layer_shapes
 from .architectures import ArchitectureSpec, get_architecture, transformer_blocks
 from .constants import GATE_NAME, HEADS, NEURONS
 from .gates import UnitGate, gate_hook
-from .record import record_of
+from .record import find_record, record_of
 from .registry import get_method
 
 
@@ -52,14 +52,14 @@ class PruningState:
 
 
 def get_pruning_state(model: nn.Module) -> PruningState:
-    state = record_of(model).state
+    state = find_record(model).state
     if state is None:
         raise ValueError("This model has no pruning gates: call `hf_prune.prepare_model_for_pruning(model, config)`.")
     return state
 
 
 def is_prepared(model: nn.Module) -> bool:
-    return record_of(model).state is not None
+    return find_record(model).state is not None
 
 
 def prepare_model_for_pruning(model: nn.Module, config: PruningConfig) -> nn.Module:
@@ -71,7 +71,7 @@ def prepare_model_for_pruning(model: nn.Module, config: PruningConfig) -> nn.Mod
     if is_prepared(model):
         raise ValueError("This model already has pruning gates; prepare it only once.")
     spec = get_architecture(model)
-    if getattr(model.config, "hf_prune_layout", None) is not None or record_of(model).kept:
+    if getattr(model.config, "hf_prune_layout", None) is not None or find_record(model).kept:
         raise ValueError(
             "This model was already physically pruned. Gating it again is not supported: start from the dense "
             "model, or fine-tune the pruned model without hf_prune."

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
 
 from .architectures import get_architecture, task_classes
-from .record import record_of
+from .record import find_record, record_of
 from .report import pruning_summary
 
 
@@ -40,7 +40,7 @@ _PIPELINE_TAGS = {
 def set_card_info(model: nn.Module, **info: Any) -> None:
     """Record facts for the model card (e.g. `base_model`, `dataset`, `metrics={"accuracy": {"before": .., "after":
     ..}}`, `latency`, `training`, `repo_id`); they are used on the next `save_pretrained` / `push_to_hub`."""
-    card = dict(record_of(model).card)
+    card = dict(find_record(model).card)
     card.update({k: v for k, v in info.items() if v is not None})
     record_of(model).card = card
 
@@ -77,16 +77,16 @@ def _versions() -> dict[str, str]:
 
 def render_model_card(model: nn.Module, repo_id: str | None = None) -> ModelCard:
     """The card of a finalized (physically pruned) model, from its pruning record and `set_card_info` facts."""
-    info = dict(record_of(model).card)
+    info = dict(find_record(model).card)
     result = pruning_summary(model)
-    config = record_of(model).config
+    config = find_record(model).config
     method = config.method if config is not None else "manual"
     method_cls = None
     if config is not None:
         from .registry import get_method
 
         method_cls = get_method(config.method).method_class
-    base_model = info.get("base_model") or _hub_id(record_of(model).kept["base_config"].get("_name_or_path"))
+    base_model = info.get("base_model") or _hub_id(find_record(model).kept["base_config"].get("_name_or_path"))
     stock = _stock_name(model)
     pipeline_tag = next((tag for suffix, tag in _PIPELINE_TAGS.items() if stock.endswith(suffix)), None)
     metrics = info.get("metrics") or {}

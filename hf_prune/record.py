@@ -31,8 +31,16 @@ class PruningRecord:
     write_card: bool = True
 
 
+_EMPTY = PruningRecord()
+
+
+def find_record(model: nn.Module) -> PruningRecord:
+    """The model's record for reading; an empty one (not attached) when the model has none."""
+    return model.__dict__.get(ATTRIBUTE) or _EMPTY
+
+
 def record_of(model: nn.Module) -> PruningRecord:
-    """The model's record, created empty on first use."""
+    """The model's record for writing, created and attached on first use."""
     record = model.__dict__.get(ATTRIBUTE)
     if record is None:
         record = PruningRecord()

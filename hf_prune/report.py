@@ -9,7 +9,7 @@ from .accounting import forward_flops, layer_shapes, model_parameters, prunable_
 from .architectures import get_architecture, transformer_blocks
 from .constants import HEADS, NEURONS
 from .mapping import get_pruning_state, is_prepared
-from .record import record_of
+from .record import find_record
 
 
 SEQ_LEN = 128  # FLOPs are reported per sequence of this many tokens
@@ -87,7 +87,7 @@ def pruning_metrics(model: nn.Module) -> dict[str, float]:
 def _finalized_summary(model: nn.Module) -> dict:
     spec = get_architecture(model)
     head_dim = spec.head_dim(model.config)
-    record = record_of(model).kept or {}
+    record = find_record(model).kept or {}
     prunable = prunable_parameters(model, spec)
     before = record.get("before", {})
     return {

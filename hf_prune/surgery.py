@@ -10,7 +10,7 @@ from torch import nn
 from . import modeling_hf_prune as runtime
 from .accounting import forward_flops, layer_shapes, model_parameters, prunable_parameters
 from .architectures import ArchitectureSpec, get_architecture, transformer_blocks
-from .record import record_of
+from .record import find_record, record_of
 
 
 def remove_units(
@@ -21,7 +21,7 @@ def remove_units(
     """Remove the listed heads and neurons from `model`'s modules, in place, and record what was kept (relative to
     the original model) on it. `hf_prune.prune_structures` is the public entry point: it also makes the model
     saveable."""
-    if record_of(model).state is not None:
+    if find_record(model).state is not None:
         raise ValueError(
             "This model still has pruning gates: call `hf_prune.finalize_model(model)`, which bakes the gates in and "
             "removes the units chosen by the method, instead of `prune_structures`."
@@ -93,7 +93,7 @@ def _kept_heads(
 
 def _pruning_record(model: nn.Module, spec: ArchitectureSpec, head_dim: int) -> dict:
     """Kept indices relative to the original model, plus the original sizes; created on the first prune."""
-    record = record_of(model).kept
+    record = find_record(model).kept
     if record is None:
         shapes = layer_shapes(model, spec, head_dim)
         record = {
