@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
+_WARNED_HEADS_KEPT: set[str] = set()  # model types already told that uniform layers keep every head
 
 
 Masks = dict[str, list[torch.Tensor | None]]
@@ -107,11 +108,13 @@ def structured_kinds(state: PruningState, config: PruningConfig) -> list[str]:
     """The gated unit kinds the config lets a selection remove."""
     kinds = [k for k in (HEADS, NEURONS) if any(g is not None for g in state.gates(k))]
     if config.uniform_layers and HEADS in kinds and not state.spec.can_express_heads:
-        logger.warning(
-            "uniform_layers: the %s config ties head size to hidden size, so a uniform head count cannot be "
-            "written in it; keeping every head and reaching the target with MLP neurons.",
-            state.spec.model_type,
-        )
+        if state.spec.model_type not in _WARNED_HEADS_KEPT:  # once, not at every pruning event
+            _WARNED_HEADS_KEPT.add(state.spec.model_type)
+            logger.warning(
+                "uniform_layers: the %s config ties head size to hidden size, so a uniform head count cannot be "
+                "written in it; keeping every head and reaching the target with MLP neurons.",
+                state.spec.model_type,
+            )
         kinds.remove(HEADS)
     return kinds
 

@@ -101,6 +101,7 @@ class PruningTrainer(Trainer):
             # the accumulation steps and the number of processes.
             self.model_accepts_loss_kwargs = False
         self.pruning_config = get_pruning_state(model).config
+        self._task_loss_sum, self._task_loss_steps = 0.0, 0.0
         self._pruning_loss_sum = 0.0
         self._pruning_loss_count = 0
 
@@ -142,8 +143,8 @@ class PruningTrainer(Trainer):
             part = loss.detach().float().mean()
             if not self._loss_scaled_for_ga(num_items_in_batch):
                 part = part / accumulation
-            total, steps = getattr(self, "_task_loss", None) or (0.0, 0.0)
-            self._task_loss = (total + part, steps + 1 / accumulation)
+            self._task_loss_sum += part
+            self._task_loss_steps += 1 / accumulation
         if model.training and is_prepared(self.pruned_model) and self.args.pruning_loss_weight > 0:
             extra = get_pruning_state(self.pruned_model).method.loss(self._num_training_examples())
             if extra is not None:
@@ -192,14 +193,13 @@ class PruningTrainer(Trainer):
             if self._pruning_loss_count:
                 logs["pruning/loss_term"] = self._pruning_loss_sum / self._pruning_loss_count
                 self._pruning_loss_sum, self._pruning_loss_count = 0.0, 0
-            total, steps = getattr(self, "_task_loss", None) or (0.0, 0.0)
-            if steps:
+            if self._task_loss_steps:
                 # mean per optimizer step since the last log, averaged over processes like the logged `loss`
-                task = total / steps
+                task = self._task_loss_sum / self._task_loss_steps
                 if self.args.world_size > 1:
                     task = self.accelerator.reduce(task, "mean")
                 logs["pruning/task_loss"] = float(task)
-                self._task_loss = None
+                self._task_loss_sum, self._task_loss_steps = 0.0, 0.0
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
