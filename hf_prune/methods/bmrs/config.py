@@ -38,14 +38,10 @@ class BmrsConfig(PruningConfig):
             unit); `0` gives the plain ELBO (a model trained from scratch). Why: the KL is the description length of
             the gates, and with weight 1/N only the N labels pay for it (a binary label carries at most log 2 nats).
             With N below G the labels cannot pay for an average unit, whatever the pretrained model already knows.
-            Measured on MiniLM-L6 (G = 9,288) with 500 tweets, plain ELBO, seed 0: all gates relaxed in lockstep
-            (10-90 % spread of log σ under 0.025 for 95 steps), the gated model stalled at 76 % validation accuracy
-            before any removal (dense: 83-87 %), and one decision removed 99.8 % of the units; the final model lost
-            7.6 points of test accuracy and 0.15 macro-F1 to the dense one. Counting the pretrained model as G
-            examples caps the weight per gate at 1/G, a gate's average weight under the authors' `mean` weighting,
-            with which the paper's results were obtained, and fades once N ≫ G. Same runs with it (seeds 0, 1): 67 %
-            of prunable parameters removed at 86.5 / 85.1 % test accuracy (dense 86.5 / 85.8 %), where the plain ELBO
-            removed 96-97 % at 78.9 / 78.8 %. README.md has the table.
+            Under the plain ELBO on little data every gate relaxes at the same rate, so the likelihood never tells
+            units apart, and one decision removes nearly all of them. Counting the pretrained model as G examples
+            caps the weight per gate at 1/G, a gate's average weight under the authors' `mean` weighting, with which
+            the paper's results were obtained, and fades once N ≫ G. Measured: BENCHMARKS.md, 500-example section.
         noise (`str`, defaults to `"example"`): one gate sample per example shared across tokens (`"example"`), or
             one per element as in the authors' code (`"element"`).
         lower, upper (`float`, default to `-20.0` and `0.0`): truncation bounds of log θ.
