@@ -79,6 +79,7 @@ def prepare_model_for_pruning(model: nn.Module, config: PruningConfig) -> nn.Mod
     head_dim = spec.head_dim(model.config)
     group_size = spec.num_heads(model.config) // spec.num_kv_heads(model.config)
     method = get_method(config.method).method_class(config)
+    method.check_model(model)
     state = PruningState(spec=spec, config=config, method=method, head_dim=head_dim)
     shapes = layer_shapes(model, spec, head_dim)
     for i, (layer, shape) in enumerate(zip(transformer_blocks(model, spec), shapes)):

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 
+import datasets
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -18,6 +19,7 @@ from .evaluation import mask_evaluator
 from .export import PrunedExportMixin
 from .finalize import finalize_model
 from .latency import measure_latency as measure_latency_ms
+from .likelihood_terms import count_likelihood_terms
 from .mapping import gate_parameters, gates_bypassed, get_pruning_state, is_prepared, prepare_model_for_pruning
 from .methods.base import StepContext
 from .methods.search import MaskEvaluator
@@ -146,7 +148,7 @@ class PruningTrainer(Trainer):
             self._task_loss_sum += part
             self._task_loss_steps += 1 / accumulation
         if model.training and is_prepared(self.pruned_model) and self.args.pruning_loss_weight > 0:
-            extra = get_pruning_state(self.pruned_model).method.loss(self._num_training_examples())
+            extra = get_pruning_state(self.pruned_model).method.loss(self._num_likelihood_terms())
             if extra is not None:
                 extra = self.args.pruning_loss_weight * extra
                 self._pruning_loss_sum += float(extra.detach())
@@ -321,8 +323,17 @@ class PruningTrainer(Trainer):
             self.model_accepts_loss_kwargs and num_items_in_batch is not None
         ) or self.compute_loss_func is not None
 
-    def _num_training_examples(self) -> int | None:
-        try:
-            return len(self.train_dataset)
-        except TypeError:
-            return None
+    def _num_likelihood_terms(self) -> float | None:
+        """The likelihood terms of the training set (examples, or label tokens for token-level heads; see
+        `hf_prune.likelihood_terms`), counted once through the training collator with unused columns removed."""
+        if getattr(self, "_likelihood_terms_of", None) is not self.train_dataset:
+            dataset, collator = self.train_dataset, self.data_collator
+            if isinstance(dataset, datasets.Dataset):
+                dataset = self._remove_unused_columns(dataset, description="training")
+            else:
+                collator = self._get_collator_with_removed_columns(collator, description="training")
+            self._likelihood_terms = count_likelihood_terms(
+                dataset, collator, shifts_labels=getattr(self, "_loss_shifts_labels", False)
+            )
+            self._likelihood_terms_of = self.train_dataset
+        return self._likelihood_terms

@@ -68,6 +68,9 @@ class PruningMethod:
         self.model: nn.Module | None = None
         self.state: PruningState | None = None
 
+    def check_model(self, model: nn.Module) -> None:
+        """Raise `ValueError` if the method cannot prune `model`; called before any gate is installed."""
+
     def attach(self, model: nn.Module, state: PruningState) -> None:
         """Called once the gates are installed."""
         self.model, self.state = model, state
@@ -76,8 +79,10 @@ class PruningMethod:
         """The gate for `num_units` units of `kind` (`"heads"` or `"neurons"`) in block `layer`."""
         return UnitGate(num_units)
 
-    def loss(self, num_training_examples: int | None) -> torch.Tensor | None:
-        """Extra loss term for one optimizer step, or `None`."""
+    def loss(self, num_likelihood_terms: float | None) -> torch.Tensor | None:
+        """Extra loss term for one optimizer step, or `None`. `num_likelihood_terms` is the training set's size in
+        the terms the task loss averages over: examples, or label tokens for token-level heads such as causal LMs
+        (`None` for a dataset without a length)."""
         return None
 
     def on_train_begin(self, max_steps: int, steps_per_epoch: int) -> None:

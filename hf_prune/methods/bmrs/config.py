@@ -28,8 +28,10 @@ class BmrsConfig(PruningConfig):
             to 0 from below (about −0.1), so the exact rule keeps it forever. Measured on the synthetic test task:
             104 of 104 units became diffuse (SNR < 1, E[θ] < 0.1) and the exact rule pruned none. Both counts are
             logged (`pruning/bmrs/would_prune/bmrs_n_exact` and `.../bmrs_n`); set `False` for the exact rule.
-        kl_weighting (`str`, defaults to `"elbo"`): `"elbo"` = sum of the gates' KL / (number of training examples
-            N + `pretrained_evidence`), the variational free energy per example; `"mean"` = per gate layer, the KL
+        kl_weighting (`str`, defaults to `"elbo"`): `"elbo"` = sum of the gates' KL / (N + `pretrained_evidence`),
+            the variational free energy per likelihood term, where N counts the terms the task loss averages over:
+            training examples for a sequence-level head, label tokens for a causal LM (counted through the training
+            collator, see `hf_prune.likelihood_terms`); `"mean"` = per gate layer, the KL
             of its unmasked gates divided by its full unit count, averaged over layers (the authors' code; the
             weights of the G gates sum to 1, 1/G on average; removed units count as 0, so a survivor's weight
             never grows as units go).
@@ -43,7 +45,8 @@ class BmrsConfig(PruningConfig):
             caps the weight per gate at 1/G, a gate's average weight under the authors' `mean` weighting, with which
             the paper's results were obtained, and fades once N ≫ G. Measured: BENCHMARKS.md, 500-example section.
         noise (`str`, defaults to `"example"`): one gate sample per example shared across tokens (`"example"`), or
-            one per element as in the authors' code (`"element"`).
+            one per element as in the authors' code (`"element"`; refused for causal LMs, where the samples of every
+            token and unit would be kept for the backward pass).
         lower, upper (`float`, default to `-20.0` and `0.0`): truncation bounds of log θ.
         init_mu, init_log_sigma (`float`, default to `0.0` and `-5.0`): initial posterior; E[θ] ≈ 0.995, so the
             pretrained model is essentially unchanged when the gates are inserted.

@@ -17,6 +17,7 @@ from .gate import BmrsGate
 
 logger = logging.getLogger(__name__)
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_GENERATIVE_HEADS = ("ForCausalLM", "LMHeadModel")
 
 CITATION = """@inproceedings{wright2024bmrs,
   title = {{BMRS}: Bayesian Model Reduction for Structured Pruning},
@@ -57,6 +58,14 @@ class BmrsMethod(PruningMethod):
         gate.register_buffer("frozen", torch.zeros((), dtype=torch.bool))  # set by the final pass (checkpointed)
         return gate
 
+    def check_model(self, model) -> None:
+        if self.config.noise == "element" and type(model).__name__.endswith(_GENERATIVE_HEADS):
+            raise ValueError(
+                f"noise='element' draws one gate sample per token and unit, kept for the backward pass (batch x "
+                f"sequence x units values per gated layer), which does not fit a {type(model).__name__}'s memory "
+                "budget; use noise='example' (one sample per sequence, the default)."
+            )
+
     def gate_learning_rate(self, max_steps: int) -> float:
         return min(0.1, max(0.01, 20.0 / max(max_steps, 1)))
 
@@ -68,22 +77,24 @@ class BmrsMethod(PruningMethod):
         return [g for kind in (HEADS, NEURONS) for g in self.state.gates(kind) if g is not None]
 
     # -- loss -------------------------------------------------------------------------------------------------------
-    def loss(self, num_training_examples: int | None) -> torch.Tensor:
+    def loss(self, num_likelihood_terms: float | None) -> torch.Tensor:
         """The KL term of one optimizer step; masked units contribute nothing.
 
-        `"elbo"`: sum of the unmasked gates' KL / (`num_training_examples` + `evidence_offset()`). `"mean"`: per
+        `"elbo"`: sum of the unmasked gates' KL / (`num_likelihood_terms` + `evidence_offset()`), the free energy per
+        likelihood term: per training example for a sequence-level head, per label token for a causal LM (whose
+        loss is a mean over tokens). `"mean"`: per
         gate layer, the KL sum of its unmasked gates divided by the layer's *full* unit count, averaged over all gate
         layers. Dividing by the full counts keeps each surviving gate's weight fixed as units go (a mean over
         survivors would push the last units of a layer harder and harder, and removed every unit in our benchmark).
         """
         gates = self._gates()
         if self.config.kl_weighting == "elbo":
-            if not num_training_examples:
+            if not num_likelihood_terms:
                 raise ValueError(
-                    "kl_weighting='elbo' needs the number of training examples (a sized train_dataset); "
+                    "kl_weighting='elbo' needs the size of the training set (a sized train_dataset); "
                     "use kl_weighting='mean' for iterable datasets."
                 )
-            return sum(g.kl()[g.mask].sum() for g in gates) / (num_training_examples + self.evidence_offset())
+            return sum(g.kl()[g.mask].sum() for g in gates) / (num_likelihood_terms + self.evidence_offset())
         return sum(g.kl()[g.mask].sum() / g.num_units for g in gates) / len(gates)
 
     def evidence_offset(self) -> int:
