@@ -302,3 +302,29 @@ def test_failed_save_leaves_existing_folder_intact(tmp_path, monkeypatch):
         model.save_pretrained(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert not [p for p in tmp_path.parent.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f.kv_heads < f.heads], ids=lambda f: f.name)
+def test_uniform_grouped_query_export_generates_the_gated_models_tokens(family, tmp_path):
+    """What serving stacks need: a uniform prune of a GQA decoder (whole key/value groups, neuron counts a multiple)
+    saves as a stock config that plain `from_pretrained` loads, and greedy decoding gives the gated model's tokens."""
+    model = build(family, seed=3)
+    config = hf_prune.MagnitudeConfig(target_sparsity=0.4, uniform_layers=True, neuron_multiple=4, schedule="final")
+    hf_prune.prepare_model_for_pruning(model, config)
+    state = get_pruning_state(model)
+    for layer, gate in enumerate(state.gates(HEADS)):
+        gate.mask[layer % gate.num_units] = False  # one key/value group per layer, a different one in each
+    state.method.apply_masks(state.method.select(0.4))
+    prompt = inputs(family, batch=1, length=6)["input_ids"]
+    with torch.no_grad():
+        gated = model.eval().generate(prompt, max_new_tokens=8, do_sample=False)
+    pruned = hf_prune.finalize_model(model)
+    pruned.save_pretrained(tmp_path)
+    assert not (tmp_path / "modeling_hf_prune.py").exists()
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # plain transformers, no remote code
+    assert type(reloaded).__name__ == family.task_class.__name__
+    layers = json.loads((tmp_path / "pruning_config.json").read_text())["result"]["after"]["layers"]
+    assert len({json.dumps(layer) for layer in layers}) == 1 and layers[0]["neurons"] % 4 == 0
+    assert layers[0]["heads"] == layers[0]["kv_heads"] * (family.heads // family.kv_heads) < family.heads
+    with torch.no_grad():
+        assert torch.equal(reloaded.generate(prompt, max_new_tokens=8, do_sample=False), gated)
