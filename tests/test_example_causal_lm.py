@@ -1,5 +1,5 @@
-"""Tests of `examples/prune_causal_lm.py`, the decoder example: its parser and `main` in-process, on a small Llama
-built from config, with the embedded tweets or a local text file."""
+"""Tests of `examples/prune_causal_lm.py`, the decoder example: its parser and `main` in-process, on a tiny Llama
+checkpoint with grouped-query attention saved to disk (the real SmolLM2 run is the slow test at the end)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .tiny_models import needs_embedded_data
+from .tiny_models import needs_embedded_data, needs_llm_packages, needs_news_articles
 
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-    "--pretrain_steps", "30", "--max_steps", "8", "--max_train_samples", "600", "--max_eval_blocks", "16",
-    "--hidden_size", "32", "--intermediate_size", "64", "--num_hidden_layers", "2", "--block_size", "32",
-    "--per_device_train_batch_size", "8", "--logging_steps", "4", "--disable_tqdm", "true",
-]  # fmt: skip
+ALPHABET = "abcdefghijklmnopqrstuvwxyz .,!?'0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -32,58 +29,148 @@ def example():
     return module
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny Llama (4 query heads over 2 key/value heads, 64 MLP neurons) with a character tokenizer, on disk."""
+    vocab = {token: i for i, token in enumerate(["<pad>", "<s>", "</s>", "<unk>", *ALPHABET])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("corpus")
+    train = [f"the {w} sat on the mat number {i}." for i in range(200) for w in ("cat", "dog", "bird")]
+    news = [f"shares of company {i} rose {i % 7} percent on monday, analysts said." for i in range(60)]
+    (folder / "train.txt").write_text("\n".join(train) + "\n")
+    (folder / "news.txt").write_text("\n".join(news) + "\n")
+    return {"train": folder / "train.txt", "news": folder / "news.txt"}
+
+
+def small(checkpoint: Path, corpus: dict[str, Path], output_dir: Path) -> list[str]:
+    return [
+        "--model_name_or_path", str(checkpoint), "--train_file", str(corpus["train"]), "--news_file",
+        str(corpus["news"]), "--output_dir", str(output_dir), "--max_steps", "8", "--block_size", "32",
+        "--per_device_train_batch_size", "8", "--eval_tokens", "256", "--eval_window", "64", "--prompt_tokens", "8",
+        "--new_tokens", "4", "--max_new_tokens", "6", "--prompts", "the cat", "shares", "--neuron_multiple", "8",
+        "--logging_steps", "4", "--disable_tqdm", "true",
+    ]  # fmt: skip
+
+
 def run(example, argv: list[str]) -> dict:
     """What `python examples/prune_causal_lm.py ARGV` does, in-process."""
     return example.main(*example.make_parser().parse_args_and_config(argv))
 
 
-@needs_embedded_data
-def test_bingo_per_layer_export_reloads_with_remote_code(example, tmp_path):
-    results = run(example, [*SMALL, "--schedule", "one_shot", "--prune_end", "0.5", "--output_dir", str(tmp_path)])
+def test_default_export_is_a_stock_llama_that_generates_the_pruned_models_tokens(
+    example, checkpoint, corpus, tmp_path
+):
+    results = run(example, small(checkpoint, corpus, tmp_path))
     pruned = tmp_path / "pruned"
-    assert abs(results["sparsity"] - 0.3) < 0.05  # within one unit of the default target
+    assert results["method"] == "bingo" and 0.1 <= results["sparsity"] <= 0.3  # the 20 % target, in whole units
     assert results["parameters"]["after"] < results["parameters"]["before"]
-    assert results["reload_max_abs_logit_difference"] < 1e-4
-    assert all(layer["kv_heads"] * 2 == layer["heads"] for layer in results["layers"])  # whole GQA groups
-    assert json.loads((tmp_path / "metrics.json").read_text())["perplexity"]["after"] > 1
-    assert not results["stock_config"] and (pruned / "modeling_hf_prune.py").exists()
-    assert "perplexity" in (pruned / "README.md").read_text()
-    model = AutoModelForCausalLM.from_pretrained(pruned, trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(pruned)
-    ids = tokenizer("<s>good day", add_special_tokens=False, return_tensors="pt")["input_ids"]
-    assert tokenizer.decode(ids[0], skip_special_tokens=True) == "good day"  # characters round-trip
-    assert model.generate(ids, max_new_tokens=5, do_sample=False).shape[1] == ids.shape[1] + 5
-
-
-def test_uniform_layers_give_a_stock_llama_from_a_text_file(example, tmp_path):
-    text = tmp_path / "corpus.txt"
-    lines = [f"the {w} sat on the mat number {i}" for i in range(300) for w in ("cat", "dog", "bird")]
-    text.write_text("\n".join(lines) + "\n")
-    argv = [*SMALL, "--train_file", str(text), "--method", "magnitude", "--target_sparsity", "0.5"]
-    results = run(example, [*argv, "--uniform_layers", "true", "--output_dir", str(tmp_path / "out")])
-    pruned = tmp_path / "out" / "pruned"
-    assert results["stock_config"] and not (pruned / "modeling_hf_prune.py").exists()
-    assert len({json.dumps(layer) for layer in results["layers"]}) == 1  # every layer the same
+    assert len({json.dumps(layer) for layer in results["layers"]}) == 1  # every layer alike
+    assert all(layer["heads"] == 2 * layer["kv_heads"] and layer["neurons"] % 8 == 0 for layer in results["layers"])
+    assert results["reload"] == {**results["reload"], "stock_config": True, "same_greedy_tokens": True}
+    assert results["reload"]["max_abs_logit_difference"] < 1e-4
+    assert not (pruned / "modeling_hf_prune.py").exists()
     model = AutoModelForCausalLM.from_pretrained(pruned)  # plain transformers, no remote code
     assert type(model).__name__ == "LlamaForCausalLM"
-    with torch.no_grad():
-        assert torch.isfinite(model(torch.tensor([[1, 5, 6, 7]])).logits).all()
+    assert model.num_parameters() == results["parameters"]["after"]
+
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(written["perplexity"]) == {"tweets", "news"}
+    for split in written["perplexity"].values():
+        assert set(split) == {"before", "after"} and all(1 < v < 1e4 for v in split.values())
+    for form in ("dense", "pruned"):
+        for batch in ("batch_1", "batch_8"):
+            speed = written["throughput"][form][batch]
+            assert speed["prefill_tokens_per_s"] > 0 and speed["decode_tokens_per_s"] > 0
+    assert [s["prompt"] for s in written["samples"]] == ["the cat", "shares"]
+    assert "perplexity (news)" in (pruned / "README.md").read_text()
 
 
-def test_bad_arguments_name_the_field(example, tmp_path):
+def test_per_layer_export_loads_with_remote_code(example, checkpoint, corpus, tmp_path):
+    argv = [*small(checkpoint, corpus, tmp_path), "--uniform_layers", "false", "--method", "magnitude"]
+    results = run(example, [*argv, "--target_sparsity", "0.4", "--schedule", "one_shot", "--prune_end", "0.5"])
+    assert results["reload"]["stock_config"] is False and results["reload"]["same_greedy_tokens"]
+    assert (tmp_path / "pruned" / "modeling_hf_prune.py").exists()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", trust_remote_code=True)
+    assert model.num_parameters() == results["parameters"]["after"]
+
+
+def test_bmrs_runs_with_its_kl_per_training_token(example, checkpoint, corpus, tmp_path):
+    results = run(example, [*small(checkpoint, corpus, tmp_path), "--method", "bmrs", "--uniform_layers", "false"])
+    assert results["method"] == "bmrs" and results["reload"]["same_greedy_tokens"]
+    assert results["pruning_config"]["kl_weighting"] == "elbo"
+
+
+def test_bad_arguments_name_the_field(example, checkpoint, corpus, tmp_path):
     data = tmp_path / "data.csv"
     data.write_text("sentence\nhello there\n")
+    argv = small(checkpoint, corpus, tmp_path)
     with pytest.raises(ValueError, match="text_column='text'"):
-        run(example, [*SMALL, "--train_file", str(data), "--output_dir", str(tmp_path / "a")])
-    with pytest.raises(ValueError, match="num_key_value_heads"):
-        run(example, [*SMALL, "--num_key_value_heads", "3", "--output_dir", str(tmp_path / "b")])
+        run(example, [*argv, "--train_file", str(data)])
+    with pytest.raises(ValueError, match="eval_window"):
+        run(example, [*argv, "--eval_tokens", "32"])
     with pytest.raises(ValueError, match="Unknown arguments"):
-        run(example, [*SMALL, "--method", "bmrs", "--target_sparsity", "0.3", "--output_dir", str(tmp_path / "c")])
+        run(example, [*argv, "--method", "bmrs", "--target_sparsity", "0.3"])
+    with pytest.raises(ValueError, match="noise='example'"):
+        run(example, [*argv, "--method", "bmrs", "--noise", "element"])
 
 
 def test_arguments_from_a_yaml_file(example, tmp_path):
     """The example shares the scripts' parser: a YAML file of flag names, the example's own default method."""
-    (tmp_path / "args.yaml").write_text("output_dir: out\nhidden_size: 48\nmax_steps: 7\nprune_end: 0.5\n")
+    (tmp_path / "args.yaml").write_text("output_dir: out\nblock_size: 48\nmax_steps: 7\nprune_end: 0.5\n")
     args, training, config = example.make_parser().parse_args_and_config([str(tmp_path / "args.yaml")])
-    assert (args.hidden_size, training.max_steps, type(config).__name__) == (48, 7, "BingoConfig")
-    assert (config.prune_end, config.target_sparsity) == (0.5, example.DEFAULTS["target_sparsity"])
+    assert (args.block_size, training.max_steps, type(config).__name__) == (48, 7, "BingoConfig")
+    assert (config.prune_end, config.target_sparsity, config.uniform_layers) == (0.5, 0.2, True)
+
+
+@needs_embedded_data
+@needs_news_articles
+def test_embedded_tweets_and_news_articles(example, checkpoint, tmp_path):
+    """Without data flags the example reads the embedded tweets and the news articles of the gensim wheel."""
+    argv = [
+        "--model_name_or_path", str(checkpoint), "--output_dir", str(tmp_path), "--max_steps", "2",
+        "--max_train_samples", "200", "--block_size", "32", "--eval_tokens", "128", "--eval_window", "64",
+        "--throughput_batch_sizes", "1", "--prompt_tokens", "4", "--new_tokens", "2", "--neuron_multiple", "8",
+        "--disable_tqdm", "true",
+    ]  # fmt: skip
+    results = run(example, argv)
+    assert set(results["perplexity"]) == {"tweets", "news"}
+
+
+@pytest.mark.slow
+@needs_llm_packages
+@needs_embedded_data
+@needs_news_articles
+def test_smollm2_end_to_end(example, tmp_path):
+    """The real thing, shortened: SmolLM2-135M fine-tuned for a few steps while BINGO removes 20 %."""
+    argv = ["--output_dir", str(tmp_path), "--max_steps", "6", "--max_train_samples", "400", "--eval_tokens", "1024"]
+    results = run(example, argv)
+    assert 0.15 <= results["sparsity"] <= 0.25 and results["reload"]["stock_config"]
+    assert results["perplexity"]["news"]["before"] < 60  # a real pretrained LM (about 27 on 8,192 tokens)
+    assert results["reload"]["same_greedy_tokens"]
