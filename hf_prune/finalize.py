@@ -8,6 +8,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .architectures import transformer_blocks
 from .constants import HEADS, NEURONS
+from .distributed import is_fsdp2, unsharded_copy
 from .mapping import get_pruning_state, remove_gates
 from .prune import prune_structures
 from .record import record_of
@@ -20,9 +21,16 @@ def finalize_model(model: nn.Module) -> nn.Module:
 
     The finalized model computes what the gated model computes in eval mode, with stock module classes and no
     zero-filled leftovers; `save_pretrained` then writes a folder that reloads (see `hf_prune.AutoPrunedModel`).
+
+    A model sharded with FSDP2 (`fully_shard`) is left as it is: every process decides on the sharded model, gathers
+    the full weights into a plain copy (`hf_prune.distributed.unsharded_copy`) and returns that copy, finalized. This
+    is a collective call there: run it on every process.
     """
     state = get_pruning_state(model)
     keep = state.method.keep_masks()
+    if is_fsdp2(model):
+        model = unsharded_copy(model)
+        state = get_pruning_state(model)
     plan = {HEADS: {}, NEURONS: {}}
     for gated, layer in zip(state.layers, transformer_blocks(model, state.spec)):
         for kind, gate, path in (

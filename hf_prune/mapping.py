@@ -13,6 +13,7 @@ from torch import nn
 from .accounting import layer_shapes
 from .architectures import ArchitectureSpec, get_architecture, transformer_blocks
 from .constants import GATE_NAME, HEADS, NEURONS
+from .distributed import is_fsdp2
 from .gates import UnitGate, gate_hook
 from .record import find_record, record_of
 from .registry import get_method
@@ -66,10 +67,15 @@ def prepare_model_for_pruning(model: nn.Module, config: PruningConfig) -> nn.Mod
     """Insert the gates of `config`'s method into every block of `model`, in place, and return it.
 
     With gates at their initial values the model's outputs are unchanged. Raises `ValueError` for unsupported
-    families and for models that are already prepared.
+    families, for models that are already prepared and for models already sharded with FSDP2 (shard after this).
     """
     if is_prepared(model):
         raise ValueError("This model already has pruning gates; prepare it only once.")
+    if is_fsdp2(model):
+        raise ValueError(
+            "This model is already sharded with FSDP2 (`fully_shard`): prepare it for pruning first, then shard it, so "
+            "that the gates are sharded and synchronised with the rest of the model."
+        )
     spec = get_architecture(model)
     if getattr(model.config, "hf_prune_layout", None) is not None or find_record(model).kept:
         raise ValueError(

@@ -243,7 +243,8 @@ class PruningTrainer(Trainer):
 
     def finalize(self, evaluate: bool | None = None, measure_latency: bool = True) -> nn.Module:
         """Apply the method's final rule, remove the pruned units and return the smaller model (also set as
-        `trainer.model`). The optimizer and scheduler are reset, since their parameters no longer exist.
+        `trainer.model`). The optimizer and scheduler are reset, since their parameters no longer exist. Under FSDP2
+        every process gets the same plain, unsharded pruned model (see `hf_prune.finalize_model`).
 
         Args:
             evaluate (`bool`, *optional*): evaluate on `eval_dataset` before and after pruning, for the model card
@@ -265,7 +266,7 @@ class PruningTrainer(Trainer):
         if measure_latency:
             with gates_bypassed(model):
                 latency_before = measure_latency_ms(model)
-        finalize_model(model)
+        model = finalize_model(model)  # a new, unsharded model when `model` is sharded with FSDP2
         self.model = self.model_wrapped = model
         self.optimizer, self.lr_scheduler = None, None
         after = self.evaluate() if evaluate else {}

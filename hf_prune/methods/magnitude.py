@@ -11,6 +11,7 @@ from transformers.pytorch_utils import Conv1D
 from ..architectures import ArchitectureSpec, transformer_blocks
 from ..configs import TargetConfig
 from ..constants import HEADS, NEURONS
+from ..distributed import full_tensor
 from ..registry import register_method
 from .base import TargetMethod
 
@@ -28,8 +29,9 @@ class MagnitudeConfig(TargetConfig):
 
 
 def _rows(module: nn.Module) -> torch.Tensor:
-    """Weight as `[out_features, in_features]` (Conv1D stores it transposed)."""
-    weight = module.weight.detach().float()
+    """Weight as `[out_features, in_features]` (Conv1D stores it transposed); whole, also when sharded (FSDP2), so
+    that every process ranks the same scores."""
+    weight = full_tensor(module.weight.detach()).float()
     return weight.t() if isinstance(module, Conv1D) else weight
 
 

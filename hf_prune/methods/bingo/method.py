@@ -13,6 +13,7 @@ from torch import distributed as dist
 from torch import nn
 
 from ...constants import HEADS, NEURONS
+from ...distributed import reshard
 from ...gates import UnitGate
 from ...selection import select_to_sparsity, unit_costs_by_layer
 from ..base import StepContext, TargetMethod
@@ -155,6 +156,7 @@ class BingoMethod(TargetMethod):
                 with self._switched_off(ablated):
                     masked = probe_loss(context.compute_loss, model, inputs, accuracy)
                 rows.append((ablated, relative_change(config.signal, clean, masked)))
+        reshard(model)  # under FSDP2: no gathered parameters left to go stale at the optimizer step
         prior = self.prior() if self.uses_prior else None
         if self.uses_prior and not self.gradients.relative_available and not self._warned_prior:
             self._warned_prior = True

@@ -20,6 +20,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ...architectures import transformer_blocks
 from ...constants import HEADS, NEURONS
+from ...distributed import is_dtensor
 from ...gates import UnitGate
 from ...modeling_hf_prune import out_features
 
@@ -122,13 +123,19 @@ def switched_off(layout: UnitLayout, ablated: torch.Tensor) -> Iterator[None]:
 @dataclass
 class _Slice:
     """The features of one tensor that belong to the units of a layer: unit `u` owns features
-    `offset + u * width ... offset + (u + 1) * width - 1` along `dim`."""
+    `offset + u * width ... offset + (u + 1) * width - 1` along `dim`. The tensor is looked up on its module at
+    each use (`fully_shard` replaces a module's parameters)."""
 
-    param: nn.Parameter
+    module: nn.Module
+    name: str  # "weight" or "bias"
     dim: int
     offset: int
     width: int
     initial: torch.Tensor
+
+    @property
+    def param(self) -> nn.Parameter:
+        return getattr(self.module, self.name)
 
     def features(self, units: torch.Tensor) -> torch.Tensor:
         units = units.to(self.param.device)
@@ -152,12 +159,13 @@ class InitialWeights:
         def add(key, module: nn.Module, offset: int, width: int, output: bool) -> None:
             conv = isinstance(module, Conv1D)
             weight_dim = (1 if conv else 0) if output else (0 if conv else 1)
-            tensors = [(module.weight, weight_dim)]
+            tensors = [("weight", weight_dim)]
             if output and module.bias is not None:
-                tensors.append((module.bias, 0))
-            for param, dim in tensors:
+                tensors.append(("bias", 0))
+            for name, dim in tensors:
+                param = getattr(module, name)
                 initial = copies.setdefault(id(param), param.detach().clone())
-                self.slices.setdefault(key, []).append(_Slice(param, dim, offset, width, initial))
+                self.slices.setdefault(key, []).append(_Slice(module, name, dim, offset, width, initial))
 
         for gated, block in zip(state.layers, transformer_blocks(model, spec)):
             if gated.head_gate is not None:
@@ -192,6 +200,11 @@ class InitialWeights:
                     if units.numel() == 0:
                         continue
                     for part in self.slices[(e.kind, e.layer)]:
+                        if is_dtensor(part.param):
+                            raise ValueError(
+                                "BingoConfig(perturbation='reset') does not support models sharded with FSDP2 "
+                                "(`fully_shard`); use perturbation='zero'."
+                            )
                         index = part.features(units)
                         saved.append((part.param, part.dim, index, part.param.index_select(part.dim, index).clone()))
                         part.param.index_copy_(part.dim, index, part.initial.index_select(part.dim, index))
