@@ -124,6 +124,7 @@ def run(family: str, method: str, mode: str, result: dict, save: Path | None = N
         wrapped = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
     train(model, wrapped, rank, world)
 
+    result["summary"] = hf_prune.pruning_summary(model)  # what PruningTrainer logs and writes with checkpoints
     state = get_pruning_state(model)
     keep = state.method.keep_masks()
     model.eval()

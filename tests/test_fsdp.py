@@ -72,6 +72,7 @@ def test_sharded_training_matches_replicated_training(report, family, method):
     sharded = finished(report, f"{family}/{method}/fsdp")
     replicated = finished(report, f"{family}/{method}/ddp")
     assert sharded["masks_plain"], "keep-masks must stay plain buffers, the same on every process"
+    assert sharded["summary"] == replicated["summary"], "sizes are read from shards as from whole tensors"
     assert sharded["rank_digests"][0] == sharded["rank_digests"][1], "the processes finalized different models"
     assert sharded["plain"] and sharded["still_sharded"], "finalize returns a plain copy and leaves the sharded model"
     assert sharded["class"] == replicated["class"] and not sharded["class"].startswith("FSDP")
