@@ -16,15 +16,7 @@ import hf_prune
 from .fsdp_train import RUNS, eval_ids, run
 
 
-BMRS_NEEDS_FULL_PARAMETERS = pytest.mark.xfail(
-    reason="BmrsGate and BmrsMethod read mu/log_sigma directly, which are shards (DTensors) outside the forward under "
-    "FSDP2; they need `hf_prune.distributed.full_tensor`",
-    strict=True,
-)
-RUN_PARAMETERS = [
-    pytest.param(family, method, marks=BMRS_NEEDS_FULL_PARAMETERS if method == "bmrs" else ())
-    for family, method in RUNS
-]
+RUN_PARAMETERS = [pytest.param(family, method) for family, method in RUNS]
 
 
 @pytest.fixture(scope="module")

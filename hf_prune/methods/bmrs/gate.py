@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...distributed import full_tensor
 from ...gates import UnitGate
 from .config import BmrsConfig
 from .functional import sample_truncated_lognormal, truncated_lognormal_kl, truncated_lognormal_mean
@@ -25,16 +26,16 @@ class BmrsGate(UnitGate):
         self.log_sigma = nn.Parameter(torch.full((num_units,), float(config.init_log_sigma)))
 
     def sigma(self) -> torch.Tensor:
-        return self.log_sigma.float().clamp(*LOG_SIGMA_RANGE).exp()
+        return full_tensor(self.log_sigma).float().clamp(*LOG_SIGMA_RANGE).exp()
 
     def expected(self) -> torch.Tensor:
-        return truncated_lognormal_mean(self.mu.float(), self.sigma(), lower=self.lower, upper=self.upper)
+        return truncated_lognormal_mean(full_tensor(self.mu).float(), self.sigma(), lower=self.lower, upper=self.upper)
 
     def sample(self, shape: int | torch.Size) -> torch.Tensor:
         leading = tuple(shape) if self.elementwise else (shape,)
         u = torch.rand(*leading, self.num_units, device=self.mu.device)
-        return sample_truncated_lognormal(self.mu.float(), self.sigma(), u, lower=self.lower, upper=self.upper)
+        return sample_truncated_lognormal(full_tensor(self.mu).float(), self.sigma(), u, lower=self.lower, upper=self.upper)
 
     def kl(self) -> torch.Tensor:
         """KL of every gate against the log-uniform prior (float32, differentiable)."""
-        return truncated_lognormal_kl(self.mu.float(), self.sigma(), lower=self.lower, upper=self.upper)
+        return truncated_lognormal_kl(full_tensor(self.mu).float(), self.sigma(), lower=self.lower, upper=self.upper)

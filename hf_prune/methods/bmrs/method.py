@@ -8,6 +8,7 @@ import math
 import torch
 
 from ...constants import HEADS, NEURONS
+from ...distributed import full_tensor
 from ...selection import Masks, current_masks, enforce_structure
 from ..base import PruningMethod
 from .config import BmrsConfig
@@ -109,7 +110,7 @@ class BmrsMethod(PruningMethod):
     def delta_f(self, gate: BmrsGate) -> torch.Tensor:
         """ΔF of every unit of `gate` under the configured reduced prior (float64); prune where ΔF ≥ 0."""
         c = self.config
-        mu, sigma = gate.mu.detach().double(), gate.sigma().double()
+        mu, sigma = full_tensor(gate.mu.detach()).double(), gate.sigma().double()
         if not (torch.isfinite(mu).all() and torch.isfinite(sigma).all()):
             raise ValueError("BMRS gate parameters hold NaN/inf values; lower the gate learning rate.")
         if c.variant == "uniform":
@@ -187,7 +188,7 @@ class BmrsMethod(PruningMethod):
                 if gate is None:
                     continue
                 metrics[f"bmrs/layer_{layer}_{kind}_kept"] = int(gate.mask.sum())
-                mu, sigma = gate.mu.detach().double()[gate.mask], gate.sigma().double()[gate.mask]
+                mu, sigma = full_tensor(gate.mu.detach()).double()[gate.mask], gate.sigma().double()[gate.mask]
                 bounds = {"lower": c.lower, "upper": c.upper}
                 exact = delta_f_normal(mu, sigma, prior_sigma=c.prior_sigma, **bounds)
                 counts["bmrs_n_exact"] += int((exact >= 0).sum())
@@ -196,7 +197,7 @@ class BmrsMethod(PruningMethod):
                     counts[f"bmrs_u{p1}"] += int((delta_f_uniform(mu, sigma, p1=p1, p2=c.p2, **bounds) >= 0).sum())
                 counts["snr_lt_1"] += int((truncated_lognormal_snr(mu, sigma, **bounds) < 1).sum())
                 counts["mean_lt_0.1"] += int((truncated_lognormal_mean(mu, sigma, **bounds) < 0.1).sum())
-                log_sigmas.append(gate.log_sigma.detach()[gate.mask].float())
+                log_sigmas.append(full_tensor(gate.log_sigma.detach())[gate.mask].float())
         metrics.update({f"bmrs/would_prune/{rule}": n for rule, n in counts.items()})
         if log_sigmas:
             metrics["bmrs/mean_log_sigma"] = (
