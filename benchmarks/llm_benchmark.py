@@ -45,7 +45,7 @@ TITLES = {
     "magnitude": "magnitude",
     "taylor": "Taylor",
     "torch_pruning_llm": "Torch-Pruning, group Taylor (GQA-aware, same schedule)",
-    "bmrs": "BMRS_N (own stopping point)",
+    "bmrs": "BMRS_N (own stopping point; decisions every 1/6 of the steps until prune_end)",
 }
 KEYS = (
     "max_steps",
@@ -98,6 +98,11 @@ def pruning_config(method: str, target: float | None, args, neurons: int) -> hf_
     )
     if issubclass(config_class, TargetConfig):
         common.update(target_sparsity=target, prune_start=args.prune_start, prune_end=args.prune_end)
+    elif method == "bmrs":
+        # a run shorter than an epoch: decisions six times, the last at prune_end, then the same recovery as the rest
+        common.update(
+            pruning_interval=max(1, args.max_steps // 6), finetune_steps=round((1 - args.prune_end) * args.max_steps)
+        )
     return config_class(**common)
 
 
