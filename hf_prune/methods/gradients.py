@@ -29,7 +29,9 @@ class GradientGate(UnitGate):
     `capture_input` is a forward pre-hook for the projection the gate acts on, registered after the gate's own hook
     (see `GateGradients`), so it sees the gated input. In training with gradients enabled it puts a hook on that
     input which sums `input * grad` over each unit's slice, per example: `dL_i/dgate_u` at gate 1 (0 for masked
-    units). The recorded sums wait in plain tensors until `GateGradients.flush` reduces them across processes into
+    units). An example is a row of the batch, or, for packed batches (several sequences in one row, told apart by
+    `position_ids` restarting at 0, as `DataCollatorWithFlattening` makes them), one packed sequence; padding adds
+    nothing, since the loss does not depend on padded positions. The recorded sums wait in plain tensors until `GateGradients.flush` reduces them across processes into
     the buffers below, which checkpoints carry.
 
     Buffers:
@@ -47,6 +49,7 @@ class GradientGate(UnitGate):
         for name in ("grad_weight", "grad_rel_weight"):
             self.register_buffer(name, torch.zeros(()))
         self.capture = True
+        self.segments: torch.Tensor | None = None  # sequence index of every token of the batch, set per forward
         self._signed: torch.Tensor | None = None  # this micro-batch: sum over examples of the gradient
         self._abs: torch.Tensor | None = None  # this micro-batch: sum over examples of its absolute value
         self._fisher: torch.Tensor | None = None  # this micro-batch: mean over examples of dL_i/dgate squared
@@ -57,11 +60,17 @@ class GradientGate(UnitGate):
         if self.training and self.capture and torch.is_grad_enabled() and x.requires_grad:
             # a detached alias, not `x` itself: no reference cycle through the graph, and no extra memory (the
             # projection saves the same storage for its weight gradient)
-            x.register_hook(functools.partial(self._store, x.detach()))
+            x.register_hook(functools.partial(self._store, x.detach(), self.segments))
 
-    def _store(self, x: torch.Tensor, grad: torch.Tensor) -> None:
-        product = (grad * x).reshape(x.shape[0], -1, self.num_units, x.shape[-1] // self.num_units)
-        per_example = product.sum(dim=(1, 3), dtype=torch.float32)  # [batch, units]
+    def _store(self, x: torch.Tensor, segments: torch.Tensor | None, grad: torch.Tensor) -> None:
+        width = x.shape[-1] // self.num_units
+        if segments is None or segments.numel() != x.numel() // x.shape[-1]:
+            product = (grad * x).reshape(x.shape[0], -1, self.num_units, width)
+            per_example = product.sum(dim=(1, 3), dtype=torch.float32)  # [batch, units]
+        else:  # packed sequences: sum each sequence's tokens
+            per_token = (grad * x).reshape(-1, self.num_units, width).sum(dim=2, dtype=torch.float32)
+            count = int(segments[-1]) + 1
+            per_example = per_token.new_zeros(count, self.num_units).index_add_(0, segments, per_token)
         signed, absolute = per_example.sum(dim=0), per_example.abs().sum(dim=0)
         # each row is example i's share of the batch-mean loss, dL_i/dgate / batch: mean_i (dL_i/dgate)² = batch * sum
         fisher = per_example.pow(2).sum(dim=0) * per_example.shape[0]
@@ -127,7 +136,20 @@ class GateGradients:
                 state.hooks.append(module.register_forward_pre_hook(gate.capture_input))
         self.recorder = LossRecorder()
         state.hooks.append(model.register_forward_hook(self.recorder))
+        state.hooks.append(model.register_forward_pre_hook(self._find_sequences, with_kwargs=True))
         self.relative_available = True  # False once a micro-batch had no usable model loss
+
+    def _find_sequences(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Before each forward: the sequence index of every token when the batch packs sequences (`position_ids`
+        restarting at 0 inside a row), else `None` (one example per row)."""
+        positions = kwargs.get("position_ids")
+        segments = None
+        if isinstance(positions, torch.Tensor) and positions.dim() == 2 and module.training:
+            starts = positions.reshape(-1) == 0
+            if int(starts.sum()) > positions.shape[0] and bool(starts[0]):
+                segments = torch.cumsum(starts.long(), 0) - 1
+        for gate in self.gates:
+            gate.segments = segments
 
     def record(self, abs_weight: float, rel_weight: float) -> None:
         """Add this micro-batch's gradients: `|g|` with weight `abs_weight`, `-g / L` with weight `rel_weight`
