@@ -6,6 +6,7 @@ import math
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .distributed import is_fsdp2
 from .mapping import get_pruning_state, is_prepared
 
 
@@ -29,6 +30,11 @@ class PruningScheduleCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs
     ):
         model = _unwrap(model)
+        if self.finalize_on_train_end and model is not None and is_fsdp2(model):
+            raise ValueError(
+                "finalize_on_train_end=True cannot hand the finalized (unsharded) copy of an FSDP2 model back to the "
+                "trainer; set it to False and call `trainer.finalize()` after `train()` on every process."
+            )
         if model is not None and is_prepared(model):
             epochs = max(1, math.ceil(state.num_train_epochs or 1))
             steps_per_epoch = max(1, math.ceil(state.max_steps / epochs))

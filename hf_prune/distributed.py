@@ -10,12 +10,8 @@ them, in the same order.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
-
-from .record import find_record, record_of
 
 
 def is_dtensor(tensor: object) -> bool:
@@ -58,7 +54,7 @@ def reshard(model: nn.Module) -> None:
             module.reshard()
 
 
-def _unsharded_class(model: nn.Module) -> type:
+def unsharded_class(model: nn.Module) -> type:
     """The class `fully_shard` started from (it swaps a module's class for an `FSDP<Class>` subclass)."""
     from torch.distributed.fsdp import FSDPModule
 
@@ -70,36 +66,3 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-
-
-@torch.no_grad()
-def unsharded_copy(model: nn.Module) -> nn.Module:
-    """A plain (unsharded) copy of an FSDP2 model, on every process (a collective call).
-
-    The copy is built from the model's config on the meta device and takes the gathered full tensors, so only one
-    full copy of the weights is allocated, on the device the shards live on. A gated model's copy gets gates of the
-    same method with the same state (parameters, keep-masks, statistics); the sharded model itself is left unchanged.
-    """
-    from .mapping import get_pruning_state, is_prepared, prepare_model_for_pruning
-
-    full = full_state_dict(model)
-    with torch.device("meta"):
-        plain = _unsharded_class(model)(copy.deepcopy(model.config))
-    if is_prepared(model):
-        prepare_model_for_pruning(plain, get_pruning_state(model).config)
-    plain.load_state_dict(full, strict=True, assign=True)
-    # non-persistent buffers (rotary frequencies, fixed estimator settings) are not in the state dict
-    for name, buffer in model.named_buffers():
-        if name not in full:
-            owner, _, attribute = name.rpartition(".")
-            plain.get_submodule(owner)._buffers[attribute] = buffer.detach().clone()
-    if hasattr(plain, "tie_weights"):
-        plain.tie_weights()
-    left = [name for name, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
-    if left:
-        raise ValueError(f"unsharded_copy: {left[:5]} did not receive values from the sharded model.")
-    if getattr(model, "generation_config", None) is not None:
-        plain.generation_config = copy.deepcopy(model.generation_config)
-    source, target = find_record(model), record_of(plain)
-    target.card, target.write_card = dict(source.card), source.write_card
-    return plain.train(model.training)

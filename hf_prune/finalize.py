@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .architectures import transformer_blocks
 from .constants import HEADS, NEURONS
-from .distributed import is_fsdp2, unsharded_copy
-from .mapping import get_pruning_state, remove_gates
+from .distributed import full_state_dict, is_fsdp2, unsharded_class
+from .mapping import get_pruning_state, is_prepared, prepare_model_for_pruning, remove_gates
 from .prune import prune_structures
-from .record import record_of
+from .record import find_record, record_of
 
 
 @torch.no_grad()
@@ -23,7 +25,7 @@ def finalize_model(model: nn.Module) -> nn.Module:
     zero-filled leftovers; `save_pretrained` then writes a folder that reloads (see `hf_prune.AutoPrunedModel`).
 
     A model sharded with FSDP2 (`fully_shard`) is left as it is: every process decides on the sharded model, gathers
-    the full weights into a plain copy (`hf_prune.distributed.unsharded_copy`) and returns that copy, finalized. This
+    the full weights into a plain copy (`unsharded_copy`) and returns that copy, finalized. This
     is a collective call there: run it on every process.
     """
     state = get_pruning_state(model)
@@ -63,3 +65,34 @@ def _scale_inputs(projection: nn.Module, values: torch.Tensor) -> None:
     width = weight.shape[in_dim] // values.numel()
     scale = values.repeat_interleave(width).to(weight.dtype)
     weight.mul_(scale[:, None] if in_dim == 0 else scale[None, :])
+
+
+@torch.no_grad()
+def unsharded_copy(model: nn.Module) -> nn.Module:
+    """A plain (unsharded) copy of an FSDP2 model, on every process (a collective call).
+
+    The copy is built from the model's config on the meta device and takes the gathered full tensors, so only one
+    full copy of the weights is allocated, on the device the shards live on. A gated model's copy gets gates of the
+    same method with the same state (parameters, keep-masks, statistics); the sharded model itself is left unchanged.
+    """
+    full = full_state_dict(model)
+    with torch.device("meta"):
+        plain = unsharded_class(model)(copy.deepcopy(model.config))
+    if is_prepared(model):
+        prepare_model_for_pruning(plain, get_pruning_state(model).config)
+    plain.load_state_dict(full, strict=True, assign=True)
+    # non-persistent buffers (rotary frequencies, fixed estimator settings) are not in the state dict
+    for name, buffer in model.named_buffers():
+        if name not in full:
+            owner, _, attribute = name.rpartition(".")
+            plain.get_submodule(owner)._buffers[attribute] = buffer.detach().clone()
+    if hasattr(plain, "tie_weights"):
+        plain.tie_weights()
+    left = [name for name, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"unsharded_copy: {left[:5]} did not receive values from the sharded model.")
+    if getattr(model, "generation_config", None) is not None:
+        plain.generation_config = copy.deepcopy(model.generation_config)
+    source, target = find_record(model), record_of(plain)
+    target.card, target.write_card = dict(source.card), source.write_card
+    return plain.train(model.training)
