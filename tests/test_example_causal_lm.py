@@ -169,7 +169,10 @@ def test_embedded_tweets_and_news_articles(example, checkpoint, tmp_path):
 @needs_news_articles
 def test_smollm2_end_to_end(example, tmp_path):
     """The real thing, shortened: SmolLM2-135M fine-tuned for a few steps while BINGO removes 20 %."""
-    argv = ["--output_dir", str(tmp_path), "--max_steps", "6", "--max_train_samples", "400", "--eval_tokens", "1024"]
+    argv = [
+        "--output_dir", str(tmp_path), "--max_steps", "6", "--max_train_samples", "400", "--eval_tokens", "1024",
+        "--throughput_batch_sizes", "1", "--prompt_tokens", "16", "--new_tokens", "4", "--max_new_tokens", "8",
+    ]  # fmt: skip
     results = run(example, argv)
     assert 0.15 <= results["sparsity"] <= 0.25 and results["reload"]["stock_config"]
     assert results["perplexity"]["news"]["before"] < 60  # a real pretrained LM (about 27 on 8,192 tokens)
