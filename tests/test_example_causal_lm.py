@@ -89,7 +89,7 @@ def test_default_export_is_a_stock_llama_that_generates_the_pruned_models_tokens
 ):
     results = run(example, small(checkpoint, corpus, tmp_path))
     pruned = tmp_path / "pruned"
-    assert results["method"] == "bingo" and 0.1 <= results["sparsity"] <= 0.3  # the 20 % target, in whole units
+    assert results["method"] == "taylor" and 0.1 <= results["sparsity"] <= 0.3  # the 20 % target, in whole units
     assert results["parameters"]["after"] < results["parameters"]["before"]
     assert len({json.dumps(layer) for layer in results["layers"]}) == 1  # every layer alike
     assert all(layer["heads"] == 2 * layer["kv_heads"] and layer["neurons"] % 8 == 0 for layer in results["layers"])
@@ -145,7 +145,7 @@ def test_arguments_from_a_yaml_file(example, tmp_path):
     """The example shares the scripts' parser: a YAML file of flag names, the example's own default method."""
     (tmp_path / "args.yaml").write_text("output_dir: out\nblock_size: 48\nmax_steps: 7\nprune_end: 0.5\n")
     args, training, config = example.make_parser().parse_args_and_config([str(tmp_path / "args.yaml")])
-    assert (args.block_size, training.max_steps, type(config).__name__) == (48, 7, "BingoConfig")
+    assert (args.block_size, training.max_steps, type(config).__name__) == (48, 7, "TaylorConfig")
     assert (config.prune_end, config.target_sparsity, config.uniform_layers) == (0.5, 0.2, True)
 
 
@@ -168,7 +168,7 @@ def test_embedded_tweets_and_news_articles(example, checkpoint, tmp_path):
 @needs_embedded_data
 @needs_news_articles
 def test_smollm2_end_to_end(example, tmp_path):
-    """The real thing, shortened: SmolLM2-135M fine-tuned for a few steps while BINGO removes 20 %."""
+    """The real thing, shortened: SmolLM2-135M fine-tuned for a few steps while Taylor removes 20 %."""
     argv = [
         "--output_dir", str(tmp_path), "--max_steps", "6", "--max_train_samples", "400", "--eval_tokens", "1024",
         "--throughput_batch_sizes", "1", "--prompt_tokens", "16", "--new_tokens", "4", "--max_new_tokens", "8",
