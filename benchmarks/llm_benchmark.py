@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, command, environment, write_section
+from common import ROOT, environment, write_section
 from quality_benchmark import RunLog
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
@@ -271,8 +271,15 @@ def markdown(args, rows: list[dict], raw_ref: str, speeds: dict | None = None) -
         lines += ["", f"Before fine-tuning the pretrained model scores {before['tweets']:.2f} (tweets) and "
                   f"{before['news']:.2f} (news)."]  # fmt: skip
     lines += ["", *targets(rows, dense), "", *missing(args, rows), "", f"Raw rows: [{raw_ref}]({raw_ref}). "
-              f"Command: `{command()}`. {environment()}."]  # fmt: skip
+              f"Reproduce: `{reproduce(args)}`, then `--measure_speed` on an idle machine. {environment()}."]  # fmt: skip
     return "\n".join(lines)
+
+
+def reproduce(args) -> str:
+    """The command that reruns this table's rows (the settings that key them, every method and sparsity)."""
+    flags = [f"--{k} {getattr(args, k)}" for k in KEYS if k != "uniform_layers" and getattr(args, k) is not None]
+    flags += ["--uniform_layers"] if args.uniform_layers else []
+    return " ".join(["python benchmarks/llm_benchmark.py", *flags])
 
 
 def targets(rows: list[dict], dense: dict | None) -> list[str]:
@@ -366,7 +373,8 @@ def report(args, log: RunLog, results: Path) -> None:
         print("nothing recorded for these settings")
         return
     raw = results / "llm.json"
-    raw.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    shapes_only = [{k: v for k, v in row.items() if k != "kept"} for row in rows]  # indices stay in the run log
+    raw.write_text(json.dumps({"args": vars(args), "rows": shapes_only}, indent=2) + "\n")
     output = Path(args.output_md)
     raw_ref = Path(os.path.relpath(raw, output.resolve().parent)).as_posix()
     write_section("llm", markdown(args, rows, raw_ref, speeds), output)
