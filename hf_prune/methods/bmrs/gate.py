@@ -34,7 +34,9 @@ class BmrsGate(UnitGate):
     def sample(self, shape: int | torch.Size) -> torch.Tensor:
         leading = tuple(shape) if self.elementwise else (shape,)
         u = torch.rand(*leading, self.num_units, device=self.mu.device)
-        return sample_truncated_lognormal(full_tensor(self.mu).float(), self.sigma(), u, lower=self.lower, upper=self.upper)
+        return sample_truncated_lognormal(
+            full_tensor(self.mu).float(), self.sigma(), u, lower=self.lower, upper=self.upper
+        )
 
     def kl(self) -> torch.Tensor:
         """KL of every gate against the log-uniform prior (float32, differentiable)."""
