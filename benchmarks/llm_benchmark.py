@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def targets_of(method: str, sparsities: list[float]) -> list[float | None]:
+    """The sparsities a method is run at: `None` for the dense model and BMRS, which stops where its evidence says."""
+    return [None] if method in ("dense", "bmrs") else list(sparsities)
+
+
 def pruning_config(method: str, target: float | None, args, neurons: int) -> hf_prune.PruningConfig:
     """The same guard rails for every method; methods that take a target also get the same schedule."""
     if method == "torch_pruning_llm":
@@ -313,11 +318,7 @@ def targets(rows: list[dict], dense: dict | None) -> list[str]:
 
 def missing(args, rows: list[dict]) -> list[str]:
     done = {(r["method"], r["target"]) for r in rows}
-    wanted = [
-        (m, None if m in ("dense", "bmrs") else t)
-        for m in METHODS
-        for t in ([None] if m in ("dense", "bmrs") else args.sparsities)
-    ]
+    wanted = [(m, t) for m in METHODS for t in targets_of(m, args.sparsities)]
     absent = [f"{TITLES[m]}{'' if t is None else f' at {t:.0%}'}" for m, t in wanted if (m, t) not in done]
     if not absent:
         return ["Every row is measured."]
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         (results / "llm_speed.json").write_text(json.dumps(speeds, indent=2) + "\n")
         args.report_only = True
     for method in args.methods:
-        for target in [None] if method in ("dense", "bmrs") else args.sparsities:
+        for target in targets_of(method, args.sparsities):
             key = run_key(args, method, target)
             if args.report_only or log.find(key) is not None:
                 continue

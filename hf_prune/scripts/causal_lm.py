@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from .data import load_sentiment_dataset
 from .language_modeling import generate_samples, perplexity, throughput
 from .pretrained_llm import load_smollm2
-from .text_corpora import load_news_articles, token_blocks, token_stream
+from .text_corpora import load_news_articles, read_documents, token_blocks, token_stream
 
 
 logger = logging.getLogger(__name__)
@@ -132,11 +132,7 @@ def language_modeling_data(args: CausalLMArguments, tokenizer) -> LanguageModeli
         source = args.train_file
     if args.max_train_samples is not None:
         train_texts = train_texts[: args.max_train_samples]
-    news = (
-        [line.strip() for line in Path(args.news_file).read_text().splitlines() if line.strip()]
-        if args.news_file
-        else load_news_articles()
-    )
+    news = read_documents(args.news_file) if args.news_file else load_news_articles()
     return LanguageModelingData(
         train=token_blocks(train_texts, tokenizer, args.block_size),
         eval_ids={

@@ -42,11 +42,16 @@ def news_articles_path(held_out: bool = False) -> Path:
     return path
 
 
+def read_documents(path: str | Path, encoding: str = "utf-8") -> list[str]:
+    """A text file with one document per line: the lines, stripped of surrounding white space, blank ones skipped."""
+    text = Path(path).read_text(encoding=encoding)
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def load_news_articles(held_out: bool = False) -> list[str]:
     """The 300 news articles of `lee_background.cor` (or, if `held_out`, the 50 of `lee.cor`), one string each,
     stripped of surrounding white space."""
-    text = news_articles_path(held_out).read_text(encoding=NEWS_ENCODINGS[held_out])
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return read_documents(news_articles_path(held_out), encoding=NEWS_ENCODINGS[held_out])
 
 
 def token_stream(
