@@ -19,6 +19,9 @@ class PruningArguments(TrainingArguments):
         pruning_loss_weight (`float`, defaults to `1.0`): multiplier of the method's loss term (e.g. BMRS's KL).
         finalize_on_train_end (`bool`, defaults to `False`): finalize the model (remove pruned units) when `train()`
             ends; otherwise call `trainer.finalize()`.
+        distillation_weight (`float`, defaults to `0.0`): weight α of the logit KL to `PruningTrainer(teacher_model=)`:
+            the loss is `(1 - α) · task loss + α · T² · KL(teacher ‖ model)` (see `hf_prune.distillation`). 0 is off.
+        distillation_temperature (`float`, defaults to `1.0`): the softmax temperature `T` of that KL.
     """
 
     gate_learning_rate: float | None = field(
@@ -36,6 +39,12 @@ class PruningArguments(TrainingArguments):
         default=False, metadata={"help": "Remove the pruned units when training ends."}
     )
 
+    distillation_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight in [0, 1] of the logit KL to the teacher model (0: no distillation)."},
+    )
+    distillation_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of that KL."})
+
     def __post_init__(self):
         super().__post_init__()
         if self.gate_learning_rate is not None and self.gate_learning_rate <= 0:
@@ -46,3 +55,9 @@ class PruningArguments(TrainingArguments):
             )
         if self.pruning_loss_weight < 0:
             raise ValueError(f"Invalid pruning_loss_weight={self.pruning_loss_weight}: use a value >= 0.")
+        if not 0 <= self.distillation_weight <= 1:
+            raise ValueError(f"Invalid distillation_weight={self.distillation_weight}: use a value in [0, 1].")
+        if self.distillation_temperature <= 0:
+            raise ValueError(
+                f"Invalid distillation_temperature={self.distillation_temperature}: use a positive value (1.0 is usual)."
+            )

@@ -8,6 +8,7 @@ import logging
 import os
 
 import datasets
+import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -15,6 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .arguments import PruningArguments
 from .callbacks import PruningScheduleCallback
 from .configs import CONFIG_NAME, PruningConfig
+from .distillation import check_teacher, distillation_terms
 from .evaluation import mask_evaluator
 from .export import PrunedExportMixin
 from .finalize import finalize_model
@@ -56,6 +58,9 @@ class PruningTrainer(Trainer):
             with `prepare_model_for_pruning`.
         args (`PruningArguments` or `TrainingArguments`): plain `TrainingArguments` are converted.
         pruning_config (`PruningConfig`, *optional*): what to prune and how (e.g. `RandomConfig(target_sparsity=0.5)`).
+        teacher_model (`nn.Module`, *optional*): a dense model of the same task and tokenizer to distil from while
+            units are removed (needs `args.distillation_weight > 0`); e.g. the dense model fine-tuned on the same
+            data, or the pretrained model itself. It is frozen, kept in eval mode and moved to the training device.
         **kwargs: everything `transformers.Trainer` accepts.
 
     Example:
@@ -74,6 +79,7 @@ class PruningTrainer(Trainer):
         model: nn.Module | None = None,
         args: TrainingArguments | None = None,
         pruning_config: PruningConfig | None = None,
+        teacher_model: nn.Module | None = None,
         **kwargs,
     ):
         if args is None:
@@ -91,6 +97,17 @@ class PruningTrainer(Trainer):
             prepare_model_for_pruning(model, pruning_config)
         elif pruning_config is not None and pruning_config != get_pruning_state(model).config:
             raise ValueError("The model was prepared with a different pruning config than `pruning_config`.")
+        if args.distillation_weight > 0 and teacher_model is None:
+            raise ValueError(
+                f"distillation_weight={args.distillation_weight} needs `teacher_model=`: the dense model to distil "
+                "from (e.g. the dense model fine-tuned on the same data). Or set distillation_weight=0."
+            )
+        if teacher_model is not None and args.distillation_weight == 0:
+            raise ValueError(
+                "`teacher_model` is given but distillation_weight is 0: set e.g. distillation_weight=0.5."
+            )
+        if teacher_model is not None:
+            check_teacher(model, teacher_model)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if not any(isinstance(c, PruningScheduleCallback) for c in callbacks):
             # first, so the user's callbacks see each step's pruning decisions
@@ -106,6 +123,11 @@ class PruningTrainer(Trainer):
         self._task_loss_sum, self._task_loss_steps = 0.0, 0.0
         self._pruning_loss_sum = 0.0
         self._pruning_loss_count = 0
+        self._distillation_sum, self._distillation_steps = 0.0, 0.0
+        self.teacher_model = teacher_model
+        if teacher_model is not None:
+            teacher_model.requires_grad_(False)
+            teacher_model.eval().to(self.args.device)
 
     # -- the pieces that need the trainer ------------------------------------------------------------------------
     @property
@@ -137,6 +159,7 @@ class PruningTrainer(Trainer):
         return scheduler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")  # the Trainer may pop them
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training and is_prepared(self.pruned_model):
             # The task loss alone, in the units of the logged `loss` (per optimizer step, summed over its
@@ -159,7 +182,33 @@ class PruningTrainer(Trainer):
                 if self._loss_scaled_for_ga(num_items_in_batch):
                     extra = extra / self.current_gradient_accumulation_steps
                 loss = loss + extra.to(loss.dtype)
+        if model.training and self.teacher_model is not None:
+            weight = self.args.distillation_weight
+            kl = self._distillation_loss(inputs, labels, outputs, num_items_in_batch)
+            loss = (1 - weight) * loss + weight * kl.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+    def _distillation_loss(self, inputs, labels, outputs, num_items_in_batch) -> torch.Tensor:
+        """The KL to the teacher over the task loss's terms, normalised the way the Trainer normalises that loss."""
+        with torch.no_grad():
+            teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            teacher_logits = self.teacher_model(**teacher_inputs)["logits"]
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
+        shift = getattr(self, "_loss_shifts_labels", False)
+        total, count = distillation_terms(logits, teacher_logits, labels, self.args.distillation_temperature, shift)
+        if self._loss_scaled_for_ga(num_items_in_batch) and num_items_in_batch is not None:
+            # the task loss is a sum over the step's terms / num_items_in_batch, times the process count when the
+            # count is taken over all processes (Trainer.compute_loss): the same for the KL
+            kl = total / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                kl = kl * self.accelerator.num_processes
+        else:
+            kl = total / max(count, 1)
+        accumulation = self.current_gradient_accumulation_steps
+        part = kl.detach().float()
+        self._distillation_sum += part if self._loss_scaled_for_ga(num_items_in_batch) else part / accumulation
+        self._distillation_steps += 1 / accumulation
+        return kl
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -202,6 +251,12 @@ class PruningTrainer(Trainer):
                     task = self.accelerator.reduce(task, "mean")
                 logs["pruning/task_loss"] = float(task)
                 self._task_loss_sum, self._task_loss_steps = 0.0, 0.0
+        if self._distillation_steps:
+            kl = self._distillation_sum / self._distillation_steps
+            if self.args.world_size > 1:
+                kl = self.accelerator.reduce(kl, "mean")
+            logs["distillation/kl"] = float(kl)
+            self._distillation_sum, self._distillation_steps = 0.0, 0.0
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
