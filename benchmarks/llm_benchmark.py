@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,16 +31,19 @@ from pathlib import Path
 import torch
 from common import ROOT, environment, write_section
 from quality_benchmark import RunLog
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
 import hf_prune
 from hf_prune import PruningArguments, PruningTrainer, pruning_summary
 from hf_prune.configs import TargetConfig
 from hf_prune.registry import get_method
 from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data, load_causal_lm, perplexities, speed
+from hf_prune.scripts.pretrained_llm import default_cache_dir
 
 
-METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs")
+METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs", "taylor_kd")
+# rows that distil from the dense fine-tuned model (the dense row's run, cached): a name -> (method, weight α)
+DISTILLED = {"taylor_kd": ("taylor", 0.5)}
 TITLES = {
     "dense": "dense, fine-tuned",
     "bingo": "BINGO",
@@ -46,6 +51,7 @@ TITLES = {
     "taylor": "Taylor",
     "torch_pruning_llm": "Torch-Pruning, group Taylor (GQA-aware, same schedule)",
     "bmrs": "BMRS_N (own stopping point; decisions every 1/6 of the steps until prune_end)",
+    "taylor_kd": "Taylor + distillation from the dense fine-tuned model (logit KL, α 0.5)",
 }
 KEYS = (
     "max_steps",
@@ -93,6 +99,7 @@ def targets_of(method: str, sparsities: list[float]) -> list[float | None]:
 
 def pruning_config(method: str, target: float | None, args, neurons: int) -> hf_prune.PruningConfig:
     """The same guard rails for every method; methods that take a target also get the same schedule."""
+    method = DISTILLED.get(method, (method,))[0]
     if method == "torch_pruning_llm":
         import torch_pruning_llm_peer  # noqa: F401  (registers the peer)
     config_class = get_method(method).config_class
@@ -111,8 +118,9 @@ def pruning_config(method: str, target: float | None, args, neurons: int) -> hf_
     return config_class(**common)
 
 
-def training_arguments(args, output_dir: str, cls=PruningArguments) -> TrainingArguments:
+def training_arguments(args, output_dir: str, cls=PruningArguments, **extra) -> TrainingArguments:
     return cls(
+        **extra,
         output_dir=output_dir,
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
@@ -135,6 +143,32 @@ def calibration_batches(data, collator, count: int = 4, size: int = 4) -> list[d
     return [dict(collator(rows[i : i + size])) for i in range(0, len(rows), size)]
 
 
+def dense_teacher_dir(args) -> Path:
+    """Where the dense fine-tuned model of these settings is kept for the distilled rows (outside the repository)."""
+    digest = hashlib.sha1(json.dumps(run_key(args, "dense", None), sort_keys=True).encode()).hexdigest()[:12]
+    return default_cache_dir().parent / "llm-benchmark" / f"dense-{digest}"
+
+
+def save_dense_teacher(model: torch.nn.Module, args) -> None:
+    """Save the dense fine-tuned model atomically (a temporary sibling renamed into place)."""
+    target = dense_teacher_dir(args)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=target.parent, prefix=".partial-")
+    try:
+        model.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dense_teacher(args, lm_args: CausalLMArguments) -> torch.nn.Module:
+    """The dense model fine-tuned with these settings (the dense row's run), trained and cached on first use."""
+    if not dense_teacher_dir(args).exists():
+        with tempfile.TemporaryDirectory() as workdir:
+            run_one("dense", None, args, lm_args, workdir)
+    return AutoModelForCausalLM.from_pretrained(dense_teacher_dir(args), dtype=torch.float32)
+
+
 def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments, workdir: str) -> dict:
     model, tokenizer = load_causal_lm(lm_args)
     data = language_modeling_data(lm_args, tokenizer)
@@ -152,16 +186,22 @@ def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments,
         config = pruning_config(method, target, args, model.config.intermediate_size)
         if method == "torch_pruning_llm":
             get_method(method).method_class.calibration = calibration_batches(data, collator)
+        teacher, weight = None, {}
+        if method in DISTILLED:
+            teacher, weight = dense_teacher(args, lm_args), {"distillation_weight": DISTILLED[method][1]}
         trainer = PruningTrainer(
             model=model,
-            args=training_arguments(args, workdir),
+            args=training_arguments(args, workdir, **weight),
             pruning_config=config,
             train_dataset=data.train,
             data_collator=collator,
+            teacher_model=teacher,
         )
     start = time.perf_counter()
     trainer.train()
     row["train_seconds"] = time.perf_counter() - start
+    if method == "dense" and not dense_teacher_dir(args).exists():
+        save_dense_teacher(model, args)
     row["train_loss"] = trainer.state.log_history[-1].get("train_loss")
     if method != "dense":
         model = trainer.finalize(evaluate=False, measure_latency=False)
@@ -293,7 +333,7 @@ def targets(rows: list[dict], dense: dict | None) -> list[str]:
         return ["Targets: not evaluated yet (no dense row)."]
     lines = ["Targets:"]
     for sparsity, limits in TARGETS.items():
-        for method in ("bingo", "magnitude", "taylor"):
+        for method in ("bingo", "magnitude", "taylor", *DISTILLED):
             row = next((r for r in rows if r["method"] == method and r["target"] == sparsity), None)
             if row is None:
                 continue
@@ -305,7 +345,7 @@ def targets(rows: list[dict], dense: dict | None) -> list[str]:
                     f"(target at most +{100 * limit:.0f} %): {verdict}."
                 )
     peer = next((r for r in rows if r["method"] == "torch_pruning_llm" and r["target"] == 0.4), None)
-    ours = [r for r in rows if r["target"] == 0.4 and r["method"] in ("bingo", "magnitude", "taylor")]
+    ours = [r for r in rows if r["target"] == 0.4 and r["method"] in ("bingo", "magnitude", "taylor", *DISTILLED)]
     if peer and ours:
         best = min(ours, key=lambda r: r["perplexity"]["tweets"])
         gain = 1 - best["perplexity"]["tweets"] / peer["perplexity"]["tweets"]
