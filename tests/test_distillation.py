@@ -61,20 +61,20 @@ def test_class_kl_matches_brute_force():
     assert float(same) == pytest.approx(0.0, abs=1e-6)
 
 
-def _llama_trainer(tmp_path, weight, teacher_seed=1, **overrides):
-    family = FAMILY["llama"]  # no dropout: train-mode and eval-mode logits agree
+def _trainer(tmp_path, weight, family_name="llama", **overrides):
+    family = FAMILY[family_name]
     options = dict(max_steps=4, save_strategy="no", logging_steps=1, distillation_weight=weight, **overrides)
     return PruningTrainer(
         model=build(family, seed=0),
         args=arguments(tmp_path, **options),
         pruning_config=MagnitudeConfig(target_sparsity=0.3),
         train_dataset=dataset(family, 32),
-        teacher_model=build(family, seed=teacher_seed) if weight > 0 else None,
+        teacher_model=build(family, seed=1) if weight > 0 else None,
     )
 
 
 def test_loss_mixes_task_loss_and_kl(tmp_path):
-    trainer = _llama_trainer(tmp_path, weight=0.3, distillation_temperature=2.0)
+    trainer = _trainer(tmp_path, weight=0.3, distillation_temperature=2.0)  # llama: no dropout
     batch = {k: torch.tensor(v) for k, v in dataset(FAMILY["llama"], 4)[:4].items()}
     model = trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by train() otherwise
@@ -87,13 +87,15 @@ def test_loss_mixes_task_loss_and_kl(tmp_path):
     assert float(loss.detach()) == pytest.approx(0.7 * float(out.loss) + 0.3 * kl / count, rel=1e-4)
 
 
+@pytest.mark.parametrize("family", ["llama", "bert"])
 @pytest.mark.parametrize("accumulation", [1, 2])
-def test_logged_terms_add_up_to_the_loss(tmp_path, accumulation):
-    """Under the token normalisation (`num_items_in_batch`, with and without accumulation) the logged task loss and
-    KL are means per optimizer step whose mix is the logged loss."""
-    trainer = _llama_trainer(
+def test_logged_terms_add_up_to_the_loss(tmp_path, accumulation, family):
+    """Under the token normalisation of a causal LM (`num_items_in_batch`) and the mean loss of a classifier, with
+    and without accumulation, the logged task loss and KL are means per optimizer step whose mix is the logged loss."""
+    trainer = _trainer(
         tmp_path,
         weight=0.4,
+        family_name=family,
         per_device_train_batch_size=8 // accumulation,
         gradient_accumulation_steps=accumulation,
     )
