@@ -15,7 +15,7 @@ from hf_prune import BmrsConfig, PruningArguments, PruningTrainer
 
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import FAMILIES, build, dataset, inputs, logits, method_config  # noqa: E402
+from tiny_models import FAMILIES, FAMILY, build, dataset, inputs, logits, method_config  # noqa: E402
 
 
 def digest(model) -> str:
@@ -104,10 +104,42 @@ def gradients(output: Path, average_tokens: bool) -> None:
         torch.save(callback.grads, output / f"grads_world{WORLD}_avg{int(average_tokens)}.pt")
 
 
+def distilled_gradients(output: Path, average_tokens: bool) -> None:
+    """The same for a causal LM (loss normalised by `num_items_in_batch`) distilled from a teacher: the mixed task
+    loss and KL must give the same averaged gradients on 1 and 2 processes."""
+    family = FAMILY["llama"]  # no dropout
+    callback = FirstGradients()
+    args = PruningArguments(
+        output_dir=str(output / "grads_kd"),
+        max_steps=1,
+        per_device_train_batch_size=8 // WORLD,
+        use_cpu=True,
+        ddp_backend="gloo",
+        report_to=[],
+        seed=0,
+        max_grad_norm=0.0,
+        average_tokens_across_devices=average_tokens,
+        save_strategy="no",
+        distillation_weight=0.5,
+    )
+    trainer = PruningTrainer(
+        model=build(family),
+        args=args,
+        pruning_config=method_config("magnitude", 0.3),
+        train_dataset=dataset(family, 8),
+        teacher_model=build(family, seed=1),
+        callbacks=[callback],
+    )
+    trainer.train()
+    if int(os.environ.get("RANK", 0)) == 0:
+        torch.save(callback.grads, output / f"grads_kd_world{WORLD}_avg{int(average_tokens)}.pt")
+
+
 if __name__ == "__main__":
     if sys.argv[2] == "gradients":
         for average in (True, False):
             gradients(Path(sys.argv[1]), average)
+            distilled_gradients(Path(sys.argv[1]), average)
     else:
         main(Path(sys.argv[1]), sys.argv[2].split(","))
     if dist.is_initialized():

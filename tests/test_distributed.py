@@ -46,8 +46,8 @@ def test_two_process_training_makes_identical_decisions(tmp_path):
 
 
 def test_loss_scaling_does_not_depend_on_the_process_count(tmp_path):
-    """Task loss and the BMRS KL term: the same averaged gradients on 1 and on 2 processes, with and without
-    `average_tokens_across_devices`."""
+    """Task loss, the BMRS KL term and a causal LM's distillation KL: the same averaged gradients on 1 and on 2
+    processes, with and without `average_tokens_across_devices`."""
     for world in (1, 2):
         torchrun(world, tmp_path, "gradients", timeout=600)
     for average in (0, 1):
@@ -56,3 +56,8 @@ def test_loss_scaling_does_not_depend_on_the_process_count(tmp_path):
         assert single.keys() == double.keys() and any("hf_prune_gate" in k for k in single)
         for name, grad in single.items():
             torch.testing.assert_close(double[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        single = torch.load(tmp_path / f"grads_kd_world1_avg{average}.pt")
+        double = torch.load(tmp_path / f"grads_kd_world2_avg{average}.pt")
+        assert single.keys() == double.keys() and single
+        for name, grad in single.items():
+            torch.testing.assert_close(double[name], grad, rtol=1e-4, atol=1e-6, msg=f"distilled: {name}")
