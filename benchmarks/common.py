@@ -3,12 +3,15 @@ fixed budget, held-out test evaluation, and writing results into BENCHMARKS.md."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import re
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 import hf_prune
 from hf_prune import PruningArguments, PruningTrainer
 from hf_prune.scripts.data import load_sentiment_dataset, stratified_subsample
+from hf_prune.scripts.pretrained_llm import default_cache_dir
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,9 +90,9 @@ def training_arguments(output_dir: str, epochs: float, seed: int, **overrides) -
     return PruningArguments(**{**defaults, **overrides})
 
 
-def train(config, splits, tokenizer, args: PruningArguments) -> tuple[Trainer, float]:
+def train(config, splits, tokenizer, args: PruningArguments, teacher=None) -> tuple[Trainer, float]:
     """Fine-tune the pretrained model on `splits["train"]` (with `config`'s gates, or a plain `Trainer` when it is
-    `None`); returns the trainer and the training wall time in seconds."""
+    `None`; distilled from `teacher` when given); returns the trainer and the training wall time in seconds."""
     transformers.set_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(pretrained_path(), num_labels=2)
     common = dict(
@@ -99,13 +103,16 @@ def train(config, splits, tokenizer, args: PruningArguments) -> tuple[Trainer, f
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=accuracy_metrics,
     )
-    trainer = Trainer(**common) if config is None else PruningTrainer(pruning_config=config, **common)
+    if config is None:
+        trainer = Trainer(**common)
+    else:
+        trainer = PruningTrainer(pruning_config=config, teacher_model=teacher, **common)
     start = time.perf_counter()
     trainer.train()
     return trainer, time.perf_counter() - start
 
 
-def fit(config, args, splits, tokenizer, seed: int, workdir: str, **overrides) -> tuple[Trainer, float]:
+def fit(config, args, splits, tokenizer, seed: int, workdir: str, teacher=None, **overrides) -> tuple[Trainer, float]:
     """`train` with the budget of a benchmark's command line (`args.epochs`, `max_steps`, `batch_size`,
     `learning_rate`)."""
     training_args = training_arguments(
@@ -117,7 +124,7 @@ def fit(config, args, splits, tokenizer, seed: int, workdir: str, **overrides) -
         learning_rate=args.learning_rate,
         **overrides,
     )
-    return train(config, splits, tokenizer, training_args)
+    return train(config, splits, tokenizer, training_args, teacher)
 
 
 def finalized_record(trainer: PruningTrainer) -> dict:
@@ -190,3 +197,21 @@ def save_json(name: str, data) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def cached_model_dir(benchmark: str, key: dict) -> Path:
+    """Where a benchmark keeps a model trained with the settings `key` for later runs (e.g. a dense teacher to distil
+    from): outside the repository, beside the converted SmolLM2 (`$HF_PRUNE_CACHE`, by default ~/.cache/hf_prune)."""
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return default_cache_dir().parent / "benchmarks" / benchmark / digest
+
+
+def save_model_atomically(model: torch.nn.Module, target: Path) -> None:
+    """`save_pretrained` into a temporary sibling renamed into place: an interrupted save leaves no folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=target.parent, prefix=".partial-")
+    try:
+        model.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import ROOT, environment, write_section
+from common import ROOT, cached_model_dir, environment, save_model_atomically, write_section
 from quality_benchmark import RunLog
 from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
@@ -38,7 +36,6 @@ from hf_prune import PruningArguments, PruningTrainer, pruning_summary
 from hf_prune.configs import TargetConfig
 from hf_prune.registry import get_method
 from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data, load_causal_lm, perplexities, speed
-from hf_prune.scripts.pretrained_llm import default_cache_dir
 
 
 METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs", "taylor_kd")
@@ -145,20 +142,7 @@ def calibration_batches(data, collator, count: int = 4, size: int = 4) -> list[d
 
 def dense_teacher_dir(args) -> Path:
     """Where the dense fine-tuned model of these settings is kept for the distilled rows (outside the repository)."""
-    digest = hashlib.sha1(json.dumps(run_key(args, "dense", None), sort_keys=True).encode()).hexdigest()[:12]
-    return default_cache_dir().parent / "llm-benchmark" / f"dense-{digest}"
-
-
-def save_dense_teacher(model: torch.nn.Module, args) -> None:
-    """Save the dense fine-tuned model atomically (a temporary sibling renamed into place)."""
-    target = dense_teacher_dir(args)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=target.parent, prefix=".partial-")
-    try:
-        model.save_pretrained(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return cached_model_dir("llm", run_key(args, "dense", None))
 
 
 def dense_teacher(args, lm_args: CausalLMArguments) -> torch.nn.Module:
@@ -201,7 +185,7 @@ def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments,
     trainer.train()
     row["train_seconds"] = time.perf_counter() - start
     if method == "dense" and not dense_teacher_dir(args).exists():
-        save_dense_teacher(model, args)
+        save_model_atomically(model, dense_teacher_dir(args))
     row["train_loss"] = trainer.state.log_history[-1].get("train_loss")
     if method != "dense":
         model = trainer.finalize(evaluate=False, measure_latency=False)

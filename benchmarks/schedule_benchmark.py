@@ -37,9 +37,11 @@ import transformers
 from common import (
     BMRS_VARIANTS,
     ROOT,
+    cached_model_dir,
     environment,
     finalized_record,
     fit,
+    save_model_atomically,
     sentiment_splits,
     test_metrics,
 )
@@ -61,6 +63,9 @@ VARIANTS = {
     "taylor_normalized": ("taylor", {"normalize_layers": True}),
     "bingo_one_shot": ("bingo", {"schedule": "one_shot"}),
 }
+# rows distilled from the dense model fine-tuned with the same seed and budget (trained once, cached outside the
+# repository): a name -> (method, distillation_weight, distillation_temperature)
+DISTILLED = {"bingo_kd": ("bingo", 0.5, 2.0)}
 TITLES = {
     "dense": "dense (no pruning)",
     "bingo": "BINGO",
@@ -71,6 +76,7 @@ TITLES = {
     "bingo_second_order": "BINGO, second-order prior (ablation)",
     "taylor_normalized": "Taylor, normalised per layer (ablation)",
     "bingo_one_shot": "BINGO, one event at prune_end (schedule ablation)",
+    "bingo_kd": "BINGO + distillation from the dense fine-tuned model (α 0.5, T 2)",
 }
 TRAINING_KEYS = ("train_samples", "test_samples", "epochs", "max_steps", "batch_size", "max_length", "learning_rate")
 SCHEDULE_KEYS = ("schedule", "prune_start", "prune_end")
@@ -140,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--methods",
         nargs="+",
         default=list(METHODS),
-        choices=["dense", *BMRS_VARIANTS, *METHODS, *VARIANTS],
+        choices=["dense", *BMRS_VARIANTS, *METHODS, *VARIANTS, *DISTILLED],
         help="'dense': a plain fine-tune with the same budget (default: the quality benchmark's dense runs); BMRS "
         "variants prune to their own stopping point, with the same guard rails",
     )
@@ -166,7 +172,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_class_of(name: str) -> tuple[type, dict]:
     """The config class of a registered method, a BMRS variant or an ablation variant, and the variant's fields."""
-    method, fields = {**{k: ("bmrs", v) for k, v in BMRS_VARIANTS.items()}, **VARIANTS}.get(name, (name, {}))
+    variants = {
+        **{k: ("bmrs", v) for k, v in BMRS_VARIANTS.items()},
+        **VARIANTS,
+        **{k: (v[0], {}) for k, v in DISTILLED.items()},
+    }
+    method, fields = variants.get(name, (name, {}))
     return hf_prune.registry.get_method(method).config_class, fields
 
 
@@ -189,9 +200,24 @@ def calibration_batches(splits, tokenizer, size: int = 256, batch: int = 32) -> 
     return [dict(collator([rows[j] for j in range(i, min(i + batch, len(rows)))])) for i in range(0, len(rows), batch)]
 
 
+def dense_teacher(seed: int, args, splits, tokenizer) -> torch.nn.Module:
+    """The dense model fine-tuned with this seed and budget, trained on first use and cached."""
+    folder = cached_model_dir("schedule", run_key(args, "dense", None, seed))
+    if not folder.exists():
+        with tempfile.TemporaryDirectory() as workdir:
+            trainer, _ = fit(None, args, splits, tokenizer, seed, workdir)
+        save_model_atomically(trainer.model, folder)
+    return transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+
+
 def run_one(method: str, target: float, seed: int, args, splits, tokenizer, neurons: int, workdir: str) -> dict:
     config = None if method == "dense" else config_for(method, args, target, neurons)
-    trainer, seconds = fit(config, args, splits, tokenizer, seed, workdir)
+    teacher, distillation = None, {}
+    if method in DISTILLED:
+        _, weight, temperature = DISTILLED[method]
+        teacher = dense_teacher(seed, args, splits, tokenizer)
+        distillation = dict(distillation_weight=weight, distillation_temperature=temperature)
+    trainer, seconds = fit(config, args, splits, tokenizer, seed, workdir, teacher=teacher, **distillation)
     record = {"sparsity": 0.0, "flops_ratio": 1.0}
     if config is not None:
         record = finalized_record(trainer)
@@ -263,7 +289,7 @@ def markdown(args, rows: list[dict], dense: list[dict], raw: str) -> str:
             f"{mean_sd([r['train_seconds'] for r in dense], 1, 0)} | {len(dense)} |"
         )
     for target in [None, *sorted({r["target"] for r in rows if r["target"] is not None})]:
-        for method in (*BMRS_VARIANTS, *METHODS, *VARIANTS):
+        for method in (*BMRS_VARIANTS, *METHODS, *VARIANTS, *DISTILLED):
             cell = [r for r in rows if r["method"] == method and r["target"] == target]
             if not cell:
                 continue
