@@ -127,7 +127,9 @@ class PruningTrainer(Trainer):
         self.teacher_model = teacher_model
         if teacher_model is not None:
             teacher_model.requires_grad_(False)
-            teacher_model.eval().to(self.args.device)
+            teacher_model.eval()
+            if getattr(teacher_model, "hf_device_map", None) is None:  # a model placed with device_map stays put
+                teacher_model.to(self.args.device)
 
     # -- the pieces that need the trainer ------------------------------------------------------------------------
     @property
@@ -170,6 +172,10 @@ class PruningTrainer(Trainer):
                 part = part / accumulation
             self._task_loss_sum += part
             self._task_loss_steps += 1 / accumulation
+        if model.training and self.teacher_model is not None:
+            weight = self.args.distillation_weight
+            kl = self._distillation_loss(inputs, labels, outputs, num_items_in_batch)
+            loss = (1 - weight) * loss + weight * kl.to(loss.dtype)
         if model.training and is_prepared(self.pruned_model) and self.args.pruning_loss_weight > 0:
             extra = get_pruning_state(self.pruned_model).method.loss(self._num_likelihood_terms())
             if extra is not None:
@@ -182,17 +188,14 @@ class PruningTrainer(Trainer):
                 if self._loss_scaled_for_ga(num_items_in_batch):
                     extra = extra / self.current_gradient_accumulation_steps
                 loss = loss + extra.to(loss.dtype)
-        if model.training and self.teacher_model is not None:
-            weight = self.args.distillation_weight
-            kl = self._distillation_loss(inputs, labels, outputs, num_items_in_batch)
-            loss = (1 - weight) * loss + weight * kl.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
     def _distillation_loss(self, inputs, labels, outputs, num_items_in_batch) -> torch.Tensor:
         """The KL to the teacher over the task loss's terms, normalised the way the Trainer normalises that loss."""
         with torch.no_grad():
             teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            teacher_logits = self.teacher_model(**teacher_inputs)["logits"]
+            teacher_outputs = self.teacher_model(**teacher_inputs)
+        teacher_logits = teacher_outputs["logits"] if isinstance(teacher_outputs, dict) else teacher_outputs[0]
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
         shift = getattr(self, "_loss_shifts_labels", False)
         total, count = distillation_terms(logits, teacher_logits, labels, self.args.distillation_temperature, shift)

@@ -11,7 +11,7 @@ import datasets
 import pytest
 import torch
 
-from hf_prune import MagnitudeConfig, PruningArguments, PruningTrainer
+from hf_prune import BmrsConfig, MagnitudeConfig, PruningArguments, PruningTrainer
 from hf_prune.distillation import distillation_terms
 
 from .tiny_models import FAMILY, arguments, build, dataset, method_config
@@ -105,6 +105,24 @@ def test_logged_terms_add_up_to_the_loss(tmp_path, accumulation, family):
     for h in logs:
         assert h["distillation/kl"] > 0
         assert 0.6 * h["pruning/task_loss"] + 0.4 * h["distillation/kl"] == pytest.approx(h["loss"], rel=1e-3)
+
+
+def test_the_methods_loss_term_stays_outside_the_mix(tmp_path):
+    """With BMRS the KL of the gates is added to the mixed loss, not scaled by (1 - α)."""
+    family = FAMILY["llama"]
+    trainer = PruningTrainer(
+        model=build(family),
+        args=arguments(tmp_path, max_steps=4, save_strategy="no", logging_steps=1, distillation_weight=0.4),
+        pruning_config=BmrsConfig(),
+        train_dataset=dataset(family, 32),
+        teacher_model=build(family, seed=1),
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "distillation/kl" in h and "loss" in h]
+    assert len(logs) == 4
+    for h in logs:
+        mixed = 0.6 * h["pruning/task_loss"] + 0.4 * h["distillation/kl"] + h["pruning/loss_term"]
+        assert mixed == pytest.approx(h["loss"], rel=1e-3)
 
 
 def test_distillation_pulls_the_model_to_the_teacher(tmp_path):
