@@ -25,7 +25,7 @@ from pathlib import Path
 from common import ROOT, command, environment, sentiment_splits, train, training_arguments, write_section
 
 
-METHODS = ("plain", "magnitude", "random", "taylor", "bingo", "bmrs")
+METHODS = ("plain", "magnitude", "random", "taylor", "bingo", "bmrs", "bingo_kd")
 
 
 def one_run(method: str, steps: int, batch_size: int, threads: int) -> dict:
@@ -43,12 +43,20 @@ def one_run(method: str, steps: int, batch_size: int, threads: int) -> dict:
         "taylor": hf_prune.TaylorConfig(),
         "bingo": hf_prune.BingoConfig(),  # the defaults a user gets
         "bmrs": hf_prune.BmrsConfig(),
+        "bingo_kd": hf_prune.BingoConfig(),  # + distillation: the cost of the teacher's forward pass
     }
+    teacher, distillation = None, {}
+    if method == "bingo_kd":
+        from common import pretrained_path
+        from transformers import AutoModelForSequenceClassification
+
+        teacher = AutoModelForSequenceClassification.from_pretrained(pretrained_path(), num_labels=2)
+        distillation = dict(distillation_weight=0.5, distillation_temperature=2.0)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
-        args = training_arguments(tmp, 1, 0, max_steps=steps, per_device_train_batch_size=batch_size)
-        trainer, seconds = train(configs[method], splits, tokenizer, args)
+        args = training_arguments(tmp, 1, 0, max_steps=steps, per_device_train_batch_size=batch_size, **distillation)
+        trainer, seconds = train(configs[method], splits, tokenizer, args, teacher)
     peak = (
         torch.cuda.max_memory_allocated()
         if torch.cuda.is_available()
@@ -124,8 +132,9 @@ def main() -> None:
     for method in methods:
         seconds, peak = median(method, "seconds"), median(method, "peak_bytes")
         trainer = "`Trainer`" if method == "plain" else "`PruningTrainer`"
+        name = {"plain": "–", "bingo_kd": "bingo + distillation (a teacher of the same size)"}.get(method, method)
         lines.append(
-            f"| {trainer} | {'–' if method == 'plain' else method} | {seconds:.1f} | {seconds / base_time:.2f}× | "
+            f"| {trainer} | {name} | {seconds:.1f} | {seconds / base_time:.2f}× | "
             f"{seconds / args.steps:.2f} | {peak / 2**20:.0f} | {(peak - base_peak) / 2**20:+.0f} |"
         )
     spread = {m: [round(r["seconds"], 1) for r in runs if r["method"] == m] for m in methods}
