@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import statistics
@@ -63,6 +64,9 @@ VARIANTS = {
     "taylor_normalized": ("taylor", {"normalize_layers": True}),
     "bingo_one_shot": ("bingo", {"schedule": "one_shot"}),
 }
+# BMRS with an end phase: decisions every sixth of the steps until prune_end, then the masks are frozen and the rest of
+# the run fine-tunes (the main BMRS rows decide once per epoch, the last decision at the end of training)
+BMRS_END_PHASE = {"BMRS_N_end": {"variant": "normal"}}
 # rows distilled from the dense model fine-tuned with the same seed and budget (trained once, cached outside the
 # repository): a name -> (method, distillation_weight, distillation_temperature)
 DISTILLED = {"bingo_kd": ("bingo", 0.5, 2.0)}
@@ -77,6 +81,7 @@ TITLES = {
     "taylor_normalized": "Taylor, normalised per layer (ablation)",
     "bingo_one_shot": "BINGO, one event at prune_end (schedule ablation)",
     "bingo_kd": "BINGO + distillation from the dense fine-tuned model (α 0.5, T 2)",
+    "BMRS_N_end": "BMRS_N, decisions until prune_end, then frozen masks (ablation)",
 }
 TRAINING_KEYS = ("train_samples", "test_samples", "epochs", "max_steps", "batch_size", "max_length", "learning_rate")
 SCHEDULE_KEYS = ("schedule", "prune_start", "prune_end")
@@ -146,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--methods",
         nargs="+",
         default=list(METHODS),
-        choices=["dense", *BMRS_VARIANTS, *METHODS, *VARIANTS, *DISTILLED],
+        choices=["dense", *BMRS_VARIANTS, *BMRS_END_PHASE, *METHODS, *VARIANTS, *DISTILLED],
         help="'dense': a plain fine-tune with the same budget (default: the quality benchmark's dense runs); BMRS "
         "variants prune to their own stopping point, with the same guard rails",
     )
@@ -173,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_class_of(name: str) -> tuple[type, dict]:
     """The config class of a registered method, a BMRS variant or an ablation variant, and the variant's fields."""
     variants = {
-        **{k: ("bmrs", v) for k, v in BMRS_VARIANTS.items()},
+        **{k: ("bmrs", v) for k, v in {**BMRS_VARIANTS, **BMRS_END_PHASE}.items()},
         **VARIANTS,
         **{k: (v[0], {}) for k, v in DISTILLED.items()},
     }
@@ -190,6 +195,9 @@ def config_for(name: str, args, target: float, neurons: int) -> hf_prune.Pruning
         common.update(
             target_sparsity=target, schedule=args.schedule, prune_start=args.prune_start, prune_end=args.prune_end
         )
+    if name in BMRS_END_PHASE:
+        steps = args.max_steps if args.max_steps > 0 else math.ceil(args.train_samples / args.batch_size) * args.epochs
+        common.update(pruning_interval=max(1, int(steps) // 6), finetune_steps=round((1 - args.prune_end) * steps))
     return config_class(**{**common, **fields})
 
 
@@ -289,7 +297,7 @@ def markdown(args, rows: list[dict], dense: list[dict], raw: str) -> str:
             f"{mean_sd([r['train_seconds'] for r in dense], 1, 0)} | {len(dense)} |"
         )
     for target in [None, *sorted({r["target"] for r in rows if r["target"] is not None})]:
-        for method in (*BMRS_VARIANTS, *METHODS, *VARIANTS, *DISTILLED):
+        for method in (*BMRS_VARIANTS, *BMRS_END_PHASE, *METHODS, *VARIANTS, *DISTILLED):
             cell = [r for r in rows if r["method"] == method and r["target"] == target]
             if not cell:
                 continue
