@@ -39,6 +39,15 @@ benchmarks: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/overhead_benchmark.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/speed_benchmark.py --repeats 7
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bmrs_benchmark.py --kl_weighting mean --variants BMRS_N
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/schedule_benchmark.py --methods BMRS_N BMRS_U-4 BMRS_N_end bingo taylor \
+		magnitude random torch_pruning_taylor bingo_kd bingo_second_order bingo_one_shot taylor_normalized
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/schedule_benchmark.py --train_samples 500 --epochs 10 --sparsities 0.5 \
+		--methods dense BMRS_N BMRS_U-4 bingo magnitude random taylor torch_pruning_taylor
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/schedule_benchmark.py --train_samples 250 --epochs 20 --sparsities 0.5 \
+		--methods dense BMRS_N BMRS_N_end
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/schedule_benchmark.py --train_samples 1000 --epochs 5 --sparsities 0.5 \
+		--methods dense BMRS_N
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/llm_benchmark.py
 
 quality: $(STAMP)
 	$(BIN)/ruff check hf_prune tests examples benchmarks
