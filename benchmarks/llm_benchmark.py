@@ -41,6 +41,7 @@ from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data
 METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs", "taylor_kd")
 # rows that distil from the dense fine-tuned model (the dense row's run, cached): a name -> (method, weight α)
 DISTILLED = {"taylor_kd": ("taylor", 0.5)}
+CRITERIA = ("bingo", "magnitude", "taylor", *DISTILLED)  # the project's rows that the targets judge
 TITLES = {
     "dense": "dense, fine-tuned",
     "bingo": "BINGO",
@@ -317,7 +318,7 @@ def targets(rows: list[dict], dense: dict | None) -> list[str]:
         return ["Targets: not evaluated yet (no dense row)."]
     lines = ["Targets:"]
     for sparsity, limits in TARGETS.items():
-        for method in ("bingo", "magnitude", "taylor", *DISTILLED):
+        for method in CRITERIA:
             row = next((r for r in rows if r["method"] == method and r["target"] == sparsity), None)
             if row is None:
                 continue
@@ -329,7 +330,7 @@ def targets(rows: list[dict], dense: dict | None) -> list[str]:
                     f"(target at most +{100 * limit:.0f} %): {verdict}."
                 )
     peer = next((r for r in rows if r["method"] == "torch_pruning_llm" and r["target"] == 0.4), None)
-    ours = [r for r in rows if r["target"] == 0.4 and r["method"] in ("bingo", "magnitude", "taylor", *DISTILLED)]
+    ours = [r for r in rows if r["target"] == 0.4 and r["method"] in CRITERIA]
     if peer and ours:
         best = min(ours, key=lambda r: r["perplexity"]["tweets"])
         gain = 1 - best["perplexity"]["tweets"] / peer["perplexity"]["tweets"]

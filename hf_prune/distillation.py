@@ -26,13 +26,14 @@ def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
             "distillation_weight > 0 needs a model whose logits are a distribution (classification or language "
             "modelling); this is a regression head. Set distillation_weight=0."
         )
-    student_size = student.get_output_embeddings() if hasattr(student, "get_output_embeddings") else None
-    teacher_size = teacher.get_output_embeddings() if hasattr(teacher, "get_output_embeddings") else None
-    if student_size is not None and teacher_size is not None:
-        if student_size.weight.shape[0] != teacher_size.weight.shape[0]:
+    student_head = student.get_output_embeddings() if hasattr(student, "get_output_embeddings") else None
+    teacher_head = teacher.get_output_embeddings() if hasattr(teacher, "get_output_embeddings") else None
+    if student_head is not None and teacher_head is not None:
+        student_vocab, teacher_vocab = student_head.weight.shape[0], teacher_head.weight.shape[0]
+        if student_vocab != teacher_vocab:
             raise ValueError(
-                f"teacher_model predicts {teacher_size.weight.shape[0]} tokens and the model "
-                f"{student_size.weight.shape[0]}: the teacher must share the model's tokenizer."
+                f"teacher_model predicts {teacher_vocab} tokens and the model {student_vocab}: the teacher must "
+                "share the model's tokenizer."
             )
     elif getattr(config, "num_labels", None) != getattr(teacher.config, "num_labels", None):
         raise ValueError(

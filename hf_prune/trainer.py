@@ -164,14 +164,8 @@ class PruningTrainer(Trainer):
         labels = inputs.get("labels")  # the Trainer may pop them
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training and is_prepared(self.pruned_model):
-            # The task loss alone, in the units of the logged `loss` (per optimizer step, summed over its
-            # micro-batches), kept on the device so that no step waits for it.
-            accumulation = self.current_gradient_accumulation_steps
-            part = loss.detach().float().mean()
-            if not self._loss_scaled_for_ga(num_items_in_batch):
-                part = part / accumulation
-            self._task_loss_sum += part
-            self._task_loss_steps += 1 / accumulation
+            self._task_loss_sum += self._step_share(loss, num_items_in_batch)
+            self._task_loss_steps += 1 / self.current_gradient_accumulation_steps
         if model.training and self.teacher_model is not None:
             weight = self.args.distillation_weight
             kl = self._distillation_loss(inputs, labels, outputs, num_items_in_batch)
@@ -207,11 +201,20 @@ class PruningTrainer(Trainer):
                 kl = kl * self.accelerator.num_processes
         else:
             kl = total / max(count, 1)
-        accumulation = self.current_gradient_accumulation_steps
-        part = kl.detach().float()
-        self._distillation_sum += part if self._loss_scaled_for_ga(num_items_in_batch) else part / accumulation
-        self._distillation_steps += 1 / accumulation
+        self._distillation_sum += self._step_share(kl, num_items_in_batch)
+        self._distillation_steps += 1 / self.current_gradient_accumulation_steps
         return kl
+
+    def _step_share(self, value: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        """A micro-batch's term in the units of the logged `loss` (per optimizer step, summed over its micro-batches),
+        kept on the device so that no step waits for it."""
+        part = value.detach().float().mean()
+        if not self._loss_scaled_for_ga(num_items_in_batch):
+            part = part / self.current_gradient_accumulation_steps
+        return part
+
+    def _mean_over_processes(self, value):
+        return self.accelerator.reduce(value, "mean") if self.args.world_size > 1 else value
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -250,15 +253,11 @@ class PruningTrainer(Trainer):
             if self._task_loss_steps:
                 # mean per optimizer step since the last log, averaged over processes like the logged `loss`
                 task = self._task_loss_sum / self._task_loss_steps
-                if self.args.world_size > 1:
-                    task = self.accelerator.reduce(task, "mean")
-                logs["pruning/task_loss"] = float(task)
+                logs["pruning/task_loss"] = float(self._mean_over_processes(task))
                 self._task_loss_sum, self._task_loss_steps = 0.0, 0.0
         if self._distillation_steps:
             kl = self._distillation_sum / self._distillation_steps
-            if self.args.world_size > 1:
-                kl = self.accelerator.reduce(kl, "mean")
-            logs["distillation/kl"] = float(kl)
+            logs["distillation/kl"] = float(self._mean_over_processes(kl))
             self._distillation_sum, self._distillation_steps = 0.0, 0.0
         super().log(logs, start_time)
 

@@ -74,6 +74,23 @@ class FirstGradients(TrainerCallback):
             self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def one_step_arguments(output_dir: Path, average_tokens: bool, **extra) -> PruningArguments:
+    """One optimizer step over 8 examples split across the processes, gradients unclipped."""
+    return PruningArguments(
+        output_dir=str(output_dir),
+        max_steps=1,
+        per_device_train_batch_size=8 // WORLD,
+        use_cpu=True,
+        ddp_backend="gloo",
+        report_to=[],
+        seed=0,
+        max_grad_norm=0.0,
+        average_tokens_across_devices=average_tokens,
+        save_strategy="no",
+        **extra,
+    )
+
+
 def gradients(output: Path, average_tokens: bool) -> None:
     """One optimizer step over the same 8 examples (8 on one process, or 4 on each of two) with deterministic
     gates: the averaged gradients, task loss and BMRS KL term alike, must not depend on the process count."""
@@ -86,18 +103,7 @@ def gradients(output: Path, average_tokens: bool) -> None:
             module.p = 0.0
     config = BmrsConfig(init_log_sigma=-20.0, init_mu=-0.5)  # sigma ~ 2e-9: the gates are deterministic
     callback = FirstGradients()
-    args = PruningArguments(
-        output_dir=str(output / "grads"),
-        max_steps=1,
-        per_device_train_batch_size=8 // WORLD,
-        use_cpu=True,
-        ddp_backend="gloo",
-        report_to=[],
-        seed=0,
-        max_grad_norm=0.0,
-        average_tokens_across_devices=average_tokens,
-        save_strategy="no",
-    )
+    args = one_step_arguments(output / "grads", average_tokens)
     trainer = PruningTrainer(model=model, args=args, pruning_config=config, train_dataset=train, callbacks=[callback])
     trainer.train()
     if int(os.environ.get("RANK", 0)) == 0:
@@ -109,19 +115,7 @@ def distilled_gradients(output: Path, average_tokens: bool) -> None:
     loss and KL must give the same averaged gradients on 1 and 2 processes."""
     family = FAMILY["llama"]  # no dropout
     callback = FirstGradients()
-    args = PruningArguments(
-        output_dir=str(output / "grads_kd"),
-        max_steps=1,
-        per_device_train_batch_size=8 // WORLD,
-        use_cpu=True,
-        ddp_backend="gloo",
-        report_to=[],
-        seed=0,
-        max_grad_norm=0.0,
-        average_tokens_across_devices=average_tokens,
-        save_strategy="no",
-        distillation_weight=0.5,
-    )
+    args = one_step_arguments(output / "grads_kd", average_tokens, distillation_weight=0.5)
     trainer = PruningTrainer(
         model=build(family),
         args=args,
