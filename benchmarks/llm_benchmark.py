@@ -12,7 +12,7 @@ several sessions. `--report_only` rewrites the BENCHMARKS.md section from what i
 
     python benchmarks/llm_benchmark.py                                   # every row (~15 min each on 2 cores)
     python benchmarks/llm_benchmark.py --methods dense bingo --sparsities 0.4
-    python benchmarks/llm_benchmark.py --max_steps 2 --eval_tokens 256 --max_train_samples 200 \\
+    python benchmarks/llm_benchmark.py --max_steps 2 --eval_tokens 256 --eval_window 128 --max_train_samples 200 \\
         --methods dense magnitude --sparsities 0.2 --results_dir /tmp/llm --output_md /tmp/B.md   # smoke run
 """
 
@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,10 +39,23 @@ from hf_prune.registry import get_method
 from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data, load_causal_lm, perplexities, speed
 
 
-METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs", "taylor_kd")
-# rows that distil from the dense fine-tuned model (the dense row's run, cached): a name -> (method, weight α)
-DISTILLED = {"taylor_kd": ("taylor", 0.5)}
-CRITERIA = ("bingo", "magnitude", "taylor", *DISTILLED)  # the project's rows that the targets judge
+@dataclass(frozen=True)
+class Variant:
+    """A row that runs a method with other settings: pruning-config fields, or distillation from the dense row."""
+
+    method: str
+    pruning: dict = field(default_factory=dict)
+    distillation_weight: float = 0.0  # α; the teacher is the dense fine-tuned model (the dense row's run, cached)
+
+
+VARIANTS = {
+    "taylor_kd": Variant("taylor", distillation_weight=0.5),
+    "taylor_uniform": Variant("taylor", pruning={"uniform_layers": True, "neuron_multiple": 64}),
+    "taylor_early": Variant("taylor", pruning={"prune_start": 0.1, "prune_end": 0.5}),
+    "taylor_neurons": Variant("taylor", pruning={"prune_heads": False}),
+}
+METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs", *VARIANTS)
+CRITERIA = ("bingo", "magnitude", "taylor", *VARIANTS)  # the project's rows that the targets judge
 TITLES = {
     "dense": "dense, fine-tuned",
     "bingo": "BINGO",
@@ -50,6 +64,9 @@ TITLES = {
     "torch_pruning_llm": "Torch-Pruning, group Taylor (GQA-aware, same schedule)",
     "bmrs": "BMRS_N (own stopping point; decisions every 1/6 of the steps until prune_end)",
     "taylor_kd": "Taylor + distillation from the dense fine-tuned model (logit KL, α 0.5)",
+    "taylor_uniform": "Taylor, every layer the same counts (neurons in multiples of 64: loads without remote code)",
+    "taylor_early": "Taylor, schedule 10 % -> 50 % of the steps (longer recovery at a higher learning rate)",
+    "taylor_neurons": "Taylor, MLP neurons only (every attention head kept)",
 }
 KEYS = (
     "max_steps",
@@ -97,7 +114,8 @@ def targets_of(method: str, sparsities: list[float]) -> list[float | None]:
 
 def pruning_config(method: str, target: float | None, args, neurons: int) -> hf_prune.PruningConfig:
     """The same guard rails for every method; methods that take a target also get the same schedule."""
-    method = DISTILLED.get(method, (method,))[0]
+    variant = VARIANTS.get(method, Variant(method))
+    method = variant.method
     if method == "torch_pruning_llm":
         import torch_pruning_llm_peer  # noqa: F401  (registers the peer)
     config_class = get_method(method).config_class
@@ -113,7 +131,7 @@ def pruning_config(method: str, target: float | None, args, neurons: int) -> hf_
         common.update(
             pruning_interval=max(1, args.max_steps // 6), finetune_steps=round((1 - args.prune_end) * args.max_steps)
         )
-    return config_class(**common)
+    return config_class(**{**common, **variant.pruning})
 
 
 def training_arguments(args, output_dir: str, cls=PruningArguments, **extra) -> TrainingArguments:
@@ -172,8 +190,11 @@ def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments,
         if method == "torch_pruning_llm":
             get_method(method).method_class.calibration = calibration_batches(data, collator)
         teacher, weight = None, {}
-        if method in DISTILLED:
-            teacher, weight = dense_teacher(args, lm_args), {"distillation_weight": DISTILLED[method][1]}
+        if method in VARIANTS and VARIANTS[method].distillation_weight:
+            teacher, weight = (
+                dense_teacher(args, lm_args),
+                {"distillation_weight": VARIANTS[method].distillation_weight},
+            )
         trainer = PruningTrainer(
             model=model,
             args=training_arguments(args, workdir, **weight),

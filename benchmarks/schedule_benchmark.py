@@ -63,6 +63,8 @@ VARIANTS = {
     "bingo_second_order": ("bingo", {"prior": "second_order"}),
     "taylor_normalized": ("taylor", {"normalize_layers": True}),
     "bingo_one_shot": ("bingo", {"schedule": "one_shot"}),
+    "bingo_proportional": ("bingo", {"kind_budget": "proportional"}),
+    "taylor_proportional": ("taylor", {"kind_budget": "proportional"}),
 }
 # BMRS with an end phase: decisions every sixth of the steps until prune_end, then the masks are frozen and the rest of
 # the run fine-tunes (the main BMRS rows decide once per epoch, the last decision at the end of training)
@@ -80,6 +82,8 @@ TITLES = {
     "bingo_second_order": "BINGO, second-order prior (ablation)",
     "taylor_normalized": "Taylor, normalised per layer (ablation)",
     "bingo_one_shot": "BINGO, one event at prune_end (schedule ablation)",
+    "bingo_proportional": "BINGO, each kind the target share of its parameters (ablation)",
+    "taylor_proportional": "Taylor, each kind the target share of its parameters (ablation)",
     "bingo_kd": "BINGO + distillation from the dense fine-tuned model (α 0.5, T 2)",
     "BMRS_N_end": "BMRS_N, decisions until prune_end, then frozen masks (ablation)",
 }

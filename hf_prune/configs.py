@@ -111,6 +111,7 @@ class PruningConfig:
 
 
 SCHEDULES = ("cubic", "one_shot", "final")
+KIND_BUDGETS = ("global", "proportional")
 
 
 @dataclass
@@ -132,6 +133,9 @@ class TargetConfig(PruningConfig):
             remaining steps fine-tune the pruned model.
         prune_interval (`int`, *optional*): optimizer steps between the events of the cubic schedule (default: ten
             events between `prune_start` and `prune_end`).
+        kind_budget (`str`, defaults to `"global"`): how the target is split between attention heads and MLP
+            neurons: `"global"` ranks both kinds together by score per parameter freed; `"proportional"` removes
+            `target_sparsity` of each kind's own prunable parameters, ranking each kind across layers.
     """
 
     target_sparsity: float = field(default=0.5, metadata={"help": "Fraction of prunable parameters to remove."})
@@ -142,6 +146,10 @@ class TargetConfig(PruningConfig):
     prune_end: float = field(default=0.7, metadata={"help": "Fraction of training at which the target is reached."})
     prune_interval: int | None = field(
         default=None, metadata={"help": "Optimizer steps between cubic-schedule events (default: ten events)."}
+    )
+    kind_budget: str = field(
+        default="global",
+        metadata={"help": "Split of the target between heads and neurons: 'global' ranking or 'proportional'."},
     )
 
     def __post_init__(self):
@@ -162,6 +170,9 @@ class TargetConfig(PruningConfig):
             "prune_interval",
             self.prune_interval,
             "use a positive number of optimizer steps, or None for ten events",
+        )
+        _require(
+            self.kind_budget in KIND_BUDGETS, "kind_budget", self.kind_budget, f"use one of {', '.join(KIND_BUDGETS)}"
         )
 
 

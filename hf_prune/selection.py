@@ -46,10 +46,18 @@ def select_to_sparsity(
     minimum = minimum_units(state, config)
     previous = current_masks(state)
     keep = current_masks(state)
-    budget = target_sparsity * prunable_parameters(model, state.spec)
-    spent = sum(
-        costs[k][i] * int((~m).sum()) for k in (HEADS, NEURONS) for i, m in enumerate(keep[k]) if m is not None
-    )
+    if getattr(config, "kind_budget", "global") == "proportional" and len(kinds) > 1:
+        for kind in kinds:  # each kind gives up the target share of its own prunable parameters
+            own = sum(cost * int(m.numel()) for cost, m in zip(costs[kind], keep[kind]) if m is not None)
+            _remove_lowest(keep, costs, scores, [kind], target_sparsity * own, minimum)
+    else:
+        _remove_lowest(keep, costs, scores, kinds, target_sparsity * prunable_parameters(model, state.spec), minimum)
+    return enforce_structure(state, keep, scores, previous, config)
+
+
+def _remove_lowest(keep: Masks, costs: dict, scores: Masks, kinds: list[str], budget: float, minimum: dict) -> None:
+    """Remove the lowest-scored units of `kinds` from `keep` until their removed parameters reach `budget`."""
+    spent = sum(costs[k][i] * int((~m).sum()) for k in kinds for i, m in enumerate(keep[k]) if m is not None)
     ranked = sorted(
         (float(score), kind, layer, unit)
         for kind in kinds
@@ -63,7 +71,6 @@ def select_to_sparsity(
             continue
         mask[unit] = False
         spent += cost
-    return enforce_structure(state, keep, scores, previous, config)
 
 
 def enforce_structure(

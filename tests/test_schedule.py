@@ -10,7 +10,7 @@ from hf_prune import MagnitudeConfig
 from hf_prune.accounting import prunable_parameters
 from hf_prune.constants import HEADS, NEURONS
 from hf_prune.mapping import get_pruning_state
-from hf_prune.selection import unit_costs_by_layer
+from hf_prune.selection import select_to_sparsity, unit_costs_by_layer
 
 from .tiny_models import FAMILY, build, dataset, method_config, run_with_history
 
@@ -130,3 +130,32 @@ def test_checkpoint_in_the_middle_of_the_schedule_holds_the_partial_masks(tmp_pa
     saved = json.loads((tmp_path / "run" / "checkpoint-3" / "pruning_config.json").read_text())
     assert saved["result"]["sparsity"] == pytest.approx(history.sparsity[2])
     assert 0 < history.sparsity[2] < 0.45
+
+
+@pytest.mark.parametrize("kind_budget", ["global", "proportional"])
+def test_kind_budget_splits_the_target_between_heads_and_neurons(kind_budget):
+    model = build(FAMILY["bert"])
+    hf_prune.prepare_model_for_pruning(model, MagnitudeConfig(target_sparsity=0.5, kind_budget=kind_budget))
+    state = get_pruning_state(model)
+    costs = unit_costs_by_layer(model, state)
+    # every head scores below every neuron: a global ranking spends the budget on heads first
+    scores = {
+        HEADS: [torch.rand(g.num_units) for g in state.gates(HEADS)],
+        NEURONS: [1 + torch.rand(g.num_units) for g in state.gates(NEURONS)],
+    }
+    masks = select_to_sparsity(model, state, scores, 0.5)
+    removed = {k: sum(c * int((~m).sum()) for c, m in zip(costs[k], masks[k])) for k in (HEADS, NEURONS)}
+    total = {k: sum(c * m.numel() for c, m in zip(costs[k], masks[k])) for k in (HEADS, NEURONS)}
+    assert sum(removed.values()) == pytest.approx(
+        0.5 * prunable_parameters(model, state.spec), abs=largest_unit(model)
+    )
+    if kind_budget == "proportional":
+        for kind in (HEADS, NEURONS):
+            assert removed[kind] == pytest.approx(0.5 * total[kind], abs=max(costs[kind]))
+    else:  # the cheap heads go first, beyond their share
+        assert removed[HEADS] > 0.5 * total[HEADS] and removed[NEURONS] < 0.5 * total[NEURONS]
+
+
+def test_kind_budget_rejects_unknown_values():
+    with pytest.raises(ValueError, match="kind_budget"):
+        MagnitudeConfig(kind_budget="per_layer")
