@@ -53,6 +53,10 @@ VARIANTS = {
     "taylor_uniform": Variant("taylor", pruning={"uniform_layers": True, "neuron_multiple": 64}),
     "taylor_early": Variant("taylor", pruning={"prune_start": 0.1, "prune_end": 0.5}),
     "taylor_neurons": Variant("taylor", pruning={"prune_heads": False}),
+    "taylor_proportional": Variant("taylor", pruning={"kind_budget": "proportional"}),
+    "taylor_neurons_uniform": Variant(
+        "taylor", pruning={"prune_heads": False, "uniform_layers": True, "neuron_multiple": 64}
+    ),
 }
 METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs", *VARIANTS)
 CRITERIA = ("bingo", "magnitude", "taylor", *VARIANTS)  # the project's rows that the targets judge
@@ -67,6 +71,9 @@ TITLES = {
     "taylor_uniform": "Taylor, every layer the same counts (neurons in multiples of 64: loads without remote code)",
     "taylor_early": "Taylor, schedule 10 % -> 50 % of the steps (longer recovery at a higher learning rate)",
     "taylor_neurons": "Taylor, MLP neurons only (every attention head kept)",
+    "taylor_proportional": "Taylor, heads and neurons each the target share of their parameters",
+    "taylor_neurons_uniform": "Taylor, MLP neurons only, every layer the same count (a multiple of 64: loads without "
+    "remote code)",
 }
 KEYS = (
     "max_steps",

@@ -92,7 +92,8 @@ def test_default_export_is_a_stock_llama_that_generates_the_pruned_models_tokens
     assert results["method"] == "taylor" and 0.1 <= results["sparsity"] <= 0.3  # the 20 % target, in whole units
     assert results["parameters"]["after"] < results["parameters"]["before"]
     assert len({json.dumps(layer) for layer in results["layers"]}) == 1  # every layer alike
-    assert all(layer["heads"] == 2 * layer["kv_heads"] and layer["neurons"] % 8 == 0 for layer in results["layers"])
+    assert all(layer["heads"] == 4 and layer["kv_heads"] == 2 for layer in results["layers"])  # heads left alone
+    assert all(layer["neurons"] % 8 == 0 and layer["neurons"] < 64 for layer in results["layers"])
     assert results["reload"] == {**results["reload"], "stock_config": True, "same_greedy_tokens": True}
     assert results["reload"]["max_abs_logit_difference"] < 1e-4
     assert not (pruned / "modeling_hf_prune.py").exists()
@@ -112,8 +113,28 @@ def test_default_export_is_a_stock_llama_that_generates_the_pruned_models_tokens
     assert "perplexity (news)" in (pruned / "README.md").read_text()
 
 
+def test_uniform_export_without_key_value_groups_is_a_stock_llama(example, checkpoint, corpus, tmp_path):
+    argv = [*small(checkpoint, corpus, tmp_path), "--prune_heads", "true", "--prune_neurons", "false"]
+    results = run(example, [*argv, "--target_sparsity", "0.2"])  # only whole key/value groups can go
+    assert len({json.dumps(layer) for layer in results["layers"]}) == 1
+    assert all(
+        layer["kv_heads"] == 1 and layer["heads"] == 2 and layer["neurons"] == 64 for layer in results["layers"]
+    )
+    assert results["reload"] == {**results["reload"], "stock_config": True, "same_greedy_tokens": True}
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    assert model.config.num_key_value_heads == 1 and model.num_parameters() == results["parameters"]["after"]
+
+
 def test_per_layer_export_loads_with_remote_code(example, checkpoint, corpus, tmp_path):
-    argv = [*small(checkpoint, corpus, tmp_path), "--uniform_layers", "false", "--method", "magnitude"]
+    argv = [
+        *small(checkpoint, corpus, tmp_path),
+        "--uniform_layers",
+        "false",
+        "--method",
+        "magnitude",
+        "--prune_heads",
+        "true",
+    ]
     results = run(example, [*argv, "--target_sparsity", "0.4", "--schedule", "one_shot", "--prune_end", "0.5"])
     assert results["reload"]["stock_config"] is False and results["reload"]["same_greedy_tokens"]
     assert (tmp_path / "pruned" / "modeling_hf_prune.py").exists()
