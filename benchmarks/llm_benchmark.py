@@ -54,6 +54,7 @@ VARIANTS = {
     "taylor_early": Variant("taylor", pruning={"prune_start": 0.1, "prune_end": 0.5}),
     "taylor_neurons": Variant("taylor", pruning={"prune_heads": False}),
     "taylor_proportional": Variant("taylor", pruning={"kind_budget": "proportional"}),
+    "taylor_neurons_kd": Variant("taylor", pruning={"prune_heads": False}, distillation_weight=0.5),
     "taylor_neurons_uniform": Variant(
         "taylor", pruning={"prune_heads": False, "uniform_layers": True, "neuron_multiple": 64}
     ),
@@ -72,6 +73,7 @@ TITLES = {
     "taylor_early": "Taylor, schedule 10 % -> 50 % of the steps (longer recovery at a higher learning rate)",
     "taylor_neurons": "Taylor, MLP neurons only (every attention head kept)",
     "taylor_proportional": "Taylor, heads and neurons each the target share of their parameters",
+    "taylor_neurons_kd": "Taylor, MLP neurons only, + distillation from the dense fine-tuned model (α 0.5)",
     "taylor_neurons_uniform": "Taylor, MLP neurons only, every layer the same count (a multiple of 64: loads without "
     "remote code)",
 }
