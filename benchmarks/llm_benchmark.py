@@ -121,9 +121,14 @@ def targets_of(method: str, sparsities: list[float]) -> list[float | None]:
     return [None] if method in ("dense", "bmrs") else list(sparsities)
 
 
+def variant_of(method: str) -> Variant:
+    """The row's method and settings (a plain method runs as itself)."""
+    return VARIANTS.get(method, Variant(method))
+
+
 def pruning_config(method: str, target: float | None, args, neurons: int) -> hf_prune.PruningConfig:
     """The same guard rails for every method; methods that take a target also get the same schedule."""
-    variant = VARIANTS.get(method, Variant(method))
+    variant = variant_of(method)
     method = variant.method
     if method == "torch_pruning_llm":
         import torch_pruning_llm_peer  # noqa: F401  (registers the peer)
@@ -198,12 +203,9 @@ def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments,
         config = pruning_config(method, target, args, model.config.intermediate_size)
         if method == "torch_pruning_llm":
             get_method(method).method_class.calibration = calibration_batches(data, collator)
-        teacher, weight = None, {}
-        if method in VARIANTS and VARIANTS[method].distillation_weight:
-            teacher, weight = (
-                dense_teacher(args, lm_args),
-                {"distillation_weight": VARIANTS[method].distillation_weight},
-            )
+        alpha = variant_of(method).distillation_weight
+        teacher = dense_teacher(args, lm_args) if alpha else None
+        weight = {"distillation_weight": alpha} if alpha else {}
         trainer = PruningTrainer(
             model=model,
             args=training_arguments(args, workdir, **weight),

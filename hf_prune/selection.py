@@ -11,6 +11,7 @@ from torch import nn
 
 from .accounting import prunable_parameters, unit_costs
 from .architectures import transformer_blocks
+from .configs import TargetConfig
 from .constants import HEADS, NEURONS
 from .mapping import PruningState
 
@@ -46,7 +47,7 @@ def select_to_sparsity(
     minimum = minimum_units(state, config)
     previous = current_masks(state)
     keep = current_masks(state)
-    if getattr(config, "kind_budget", "global") == "proportional" and len(kinds) > 1:
+    if isinstance(config, TargetConfig) and config.kind_budget == "proportional" and len(kinds) > 1:
         for kind in kinds:  # each kind gives up the target share of its own prunable parameters
             own = sum(cost * int(m.numel()) for cost, m in zip(costs[kind], keep[kind]) if m is not None)
             _remove_lowest(keep, costs, scores, [kind], target_sparsity * own, minimum)
