@@ -395,3 +395,19 @@ def test_sampler_matches_reference_recipe_and_its_gradient_is_pathwise():
         exact = torch.autograd.grad(truncated_lognormal_mean(m, s), (m, s))
         for g_mc, g in zip(mc, exact):
             assert g_mc.item() == pytest.approx(g.item(), rel=2e-2)
+
+
+def test_sampler_per_draw_batches_match_single_draws_with_and_without_tail_values():
+    # A gate samples [batch, units] draws from [units] parameters. Every draw must equal the draw made alone, whether
+    # or not another unit of the batch is deep in the tail (which switches the inverse CDF to its Newton path).
+    u = torch.rand(4, 3, generator=torch.Generator().manual_seed(3))
+    for mus in ((-10.0, 0.0, -3.0), (-10.0, 0.0, 20.0)):  # the second puts unit 2 far above the interval
+        mu = torch.tensor(mus, requires_grad=True)
+        sigma = torch.tensor([1.0, 0.0067, 5.0] if mus[2] < 0 else [1.0, 0.0067, 1e-3], requires_grad=True)
+        batch = sample_truncated_lognormal(mu, sigma, u)
+        assert batch.shape == (4, 3) and batch.dtype == torch.float32
+        for i, j in itertools.product(range(4), range(3)):
+            alone = sample_truncated_lognormal(mu[j : j + 1].detach(), sigma[j : j + 1].detach(), u[i, j : j + 1])
+            assert batch[i, j].item() == pytest.approx(alone.item(), rel=1e-5)
+        grads = torch.autograd.grad(batch.sum(), (mu, sigma))
+        assert all(torch.isfinite(g).all() for g in grads)
