@@ -248,16 +248,26 @@ def same_shapes(dense: torch.nn.Module, row: dict) -> torch.nn.Module:
     return model.eval()
 
 
-def measure_speed(args, rows: list[dict], lm_args: CausalLMArguments) -> dict[str, dict]:
-    """Tokens/s of every row's shapes, the dense model measured before and after them (run on an idle machine)."""
+def measure_speed(rows: list[dict], lm_args: CausalLMArguments, speed_file: Path) -> None:
+    """Tokens/s of every recorded row's shapes, each against the dense model measured just before it: a pair, so slow
+    drift of a shared machine cancels in the ratio. Each pair is written as it finishes and measured rows are
+    skipped, so the column can be filled over several calls (run on an idle machine)."""
+    speeds = read_speeds(speed_file)
     dense, _ = load_causal_lm(lm_args)
-    speeds = {"dense (first)": speed(dense, lm_args)}
     for row in rows:
-        if row["method"] != "dense":
-            speeds[row_id(row)] = speed(same_shapes(dense, row), lm_args)
-            print(row_id(row), json.dumps(speeds[row_id(row)]), flush=True)
-    speeds["dense (last)"] = speed(dense, lm_args)
-    return speeds
+        if row["method"] == "dense" or row_id(row) in speeds:
+            continue
+        speeds[row_id(row)] = {"dense": speed(dense, lm_args), "pruned": speed(same_shapes(dense, row), lm_args)}
+        print(row_id(row), json.dumps(speeds[row_id(row)]["pruned"]), flush=True)
+        tmp = speed_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(speeds, indent=2) + "\n")
+        os.replace(tmp, speed_file)
+
+
+def read_speeds(speed_file: Path) -> dict[str, dict]:
+    """The recorded pairs (`{row: {"dense": ..., "pruned": ...}}`)."""
+    recorded = json.loads(speed_file.read_text()) if speed_file.exists() else {}
+    return {row: pair for row, pair in recorded.items() if {"dense", "pruned"} <= set(pair)}
 
 
 def row_id(row: dict) -> str:
@@ -273,28 +283,28 @@ def _relative(value: float, reference: float) -> str:
     return f"{value:.2f} ({100 * (value / reference - 1):+.1f} %)"
 
 
-def _speed_cells(speeds: dict | None, row: dict) -> list[str]:
-    """Decode tok/s at batch 1 and 8 and prefill tok/s at batch 8, with the ratio to the dense model."""
-    if not speeds or (row["method"] != "dense" and row_id(row) not in speeds):
+SPEED_CELLS = (
+    ("batch_1", "decode_tokens_per_s"),
+    ("batch_8", "decode_tokens_per_s"),
+    ("batch_8", "prefill_tokens_per_s"),
+)
+
+
+def _speed_cells(speeds: dict[str, dict], row: dict) -> list[str]:
+    """Decode tok/s at batch 1 and 8 and prefill tok/s at batch 8; a pruned row with its ratio to the dense model of
+    its pair, the dense row with the mean of every pair's dense measurement."""
+    if row["method"] == "dense":
+        pairs = list(speeds.values())
+        if not pairs:
+            return ["not measured"] * 3
+        return [f"{sum(p['dense'][b][k] for p in pairs) / len(pairs):.0f}" for b, k in SPEED_CELLS]
+    pair = speeds.get(row_id(row))
+    if pair is None:
         return ["not measured"] * 3
-    dense = {
-        (batch, kind): (speeds["dense (first)"][batch][kind] + speeds["dense (last)"][batch][kind]) / 2
-        for batch in ("batch_1", "batch_8")
-        for kind in ("decode_tokens_per_s", "prefill_tokens_per_s")
-    }
-    own = speeds.get(row_id(row)) if row["method"] != "dense" else None
-    cells = []
-    for batch, kind in (
-        ("batch_1", "decode_tokens_per_s"),
-        ("batch_8", "decode_tokens_per_s"),
-        ("batch_8", "prefill_tokens_per_s"),
-    ):
-        value = dense[batch, kind] if own is None else own[batch][kind]
-        cells.append(f"{value:.0f}" if own is None else f"{value:.0f} ({value / dense[batch, kind]:.2f}x)")
-    return cells
+    return [f"{pair['pruned'][b][k]:.0f} ({pair['pruned'][b][k] / pair['dense'][b][k]:.2f}x)" for b, k in SPEED_CELLS]
 
 
-def markdown(args, rows: list[dict], raw_ref: str, speeds: dict | None = None) -> str:
+def markdown(args, rows: list[dict], raw_ref: str, speeds: dict[str, dict]) -> str:
     dense = next((r for r in rows if r["method"] == "dense"), None)
     lines = [
         "## Decoder LLM: SmolLM2-135M pruned while fine-tuning on the tweets",
@@ -309,8 +319,8 @@ def markdown(args, rows: list[dict], raw_ref: str, speeds: dict | None = None) -
         f"Perplexity on {args.eval_tokens:,} held-out tweet tokens (in domain) and the first {args.eval_tokens:,} "
         f"tokens of the news articles of the gensim wheel (out of domain), {args.eval_window}-token windows; "
         "Tokens/s: greedy decoding of 32 tokens after a 64-token prompt and the prefill of that prompt (median of "
-        "5), measured by `--measure_speed` on the idle machine for every row's shapes in one pass, the dense model "
-        "before and after them (the ratio is to their mean). One seed.",
+        "5), measured by `--measure_speed` on the idle machine for every row's shapes, each right after the dense "
+        "model (the ratio is to that pair's dense model; the dense row shows the mean of the pairs). One seed.",
         "",
         "| method | target | removed | parameters | perplexity, tweets (vs dense) | perplexity, news (vs dense) | "
         "decode tok/s, batch 1 | decode tok/s, batch 8 | prefill tok/s, batch 8 | training |",
@@ -398,8 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     results = Path(args.results_dir)
     log = RunLog(results / "llm_runs.jsonl")
     if args.measure_speed:
-        speeds = measure_speed(args, recorded_rows(args, log), lm_args)
-        (results / "llm_speed.json").write_text(json.dumps(speeds, indent=2) + "\n")
+        measure_speed(recorded_rows(args, log), lm_args, results / "llm_speed.json")
         args.report_only = True
     for method in args.methods:
         for target in targets_of(method, args.sparsities):
@@ -425,8 +434,7 @@ def recorded_rows(args, log: RunLog) -> list[dict]:
 
 def report(args, log: RunLog, results: Path) -> None:
     rows = recorded_rows(args, log)
-    speed_file = results / "llm_speed.json"
-    speeds = json.loads(speed_file.read_text()) if speed_file.exists() else None
+    speeds = read_speeds(results / "llm_speed.json")
     if not rows:
         print("nothing recorded for these settings")
         return
