@@ -71,7 +71,7 @@ VARIANTS = {
 BMRS_END_PHASE = {"BMRS_N_end": {"variant": "normal"}}
 # rows distilled from the dense model fine-tuned with the same seed and budget (trained once, cached outside the
 # repository): a name -> (method, distillation_weight, distillation_temperature)
-DISTILLED = {"bingo_kd": ("bingo", 0.5, 2.0)}
+DISTILLED = {"bingo_kd": ("bingo", 0.5, 2.0), "BMRS_N_kd": ("bmrs", 0.5, 2.0)}  # BmrsConfig's default is BMRS_N
 TITLES = {
     "dense": "dense (no pruning)",
     "bingo": "BINGO",
@@ -86,6 +86,7 @@ TITLES = {
     "taylor_proportional": "Taylor, each kind the target share of its parameters (ablation)",
     "bingo_kd": "BINGO + distillation from the dense fine-tuned model (α 0.5, T 2)",
     "BMRS_N_end": "BMRS_N, decisions until prune_end, then frozen masks (ablation)",
+    "BMRS_N_kd": "BMRS_N + distillation from the dense fine-tuned model (α 0.5, T 2)",
 }
 TRAINING_KEYS = ("train_samples", "test_samples", "epochs", "max_steps", "batch_size", "max_length", "learning_rate")
 SCHEDULE_KEYS = ("schedule", "prune_start", "prune_end")
