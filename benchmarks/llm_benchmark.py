@@ -58,6 +58,10 @@ VARIANTS = {
     "taylor_neurons_uniform": Variant(
         "taylor", pruning={"prune_heads": False, "uniform_layers": True, "neuron_multiple": 64}
     ),
+    "taylor_proportional_kd": Variant("taylor", pruning={"kind_budget": "proportional"}, distillation_weight=0.5),
+    "taylor_proportional_early": Variant(
+        "taylor", pruning={"kind_budget": "proportional", "prune_start": 0.1, "prune_end": 0.5}
+    ),
 }
 METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs", *VARIANTS)
 CRITERIA = ("bingo", "magnitude", "taylor", *VARIANTS)  # the project's rows that the targets judge
@@ -76,6 +80,9 @@ TITLES = {
     "taylor_neurons_kd": "Taylor, MLP neurons only, + distillation from the dense fine-tuned model (α 0.5)",
     "taylor_neurons_uniform": "Taylor, MLP neurons only, every layer the same count (a multiple of 64: loads without "
     "remote code)",
+    "taylor_proportional_kd": "Taylor, each kind the target share, + distillation from the dense fine-tuned model "
+    "(α 0.5)",
+    "taylor_proportional_early": "Taylor, each kind the target share, schedule 10 % -> 50 % of the steps",
 }
 KEYS = (
     "max_steps",
