@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,26 @@ BMRS_VARIANTS = {  # BmrsConfig arguments of the paper's three variants
     "BMRS_U-8": {"variant": "uniform", "p1": 8},
     "BMRS_U-4": {"variant": "uniform", "p1": 4},
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A benchmark row that runs a registered method with other settings: pruning-config fields, and/or distillation
+    from the dense model fine-tuned with the same seed and budget (the teacher, trained once and cached)."""
+
+    method: str
+    pruning: dict = field(default_factory=dict)
+    distillation_weight: float = 0.0  # α; 0: no teacher
+    distillation_temperature: float = 1.0
+
+    def distillation(self) -> dict:
+        """The `PruningArguments` fields of the distillation; empty without a teacher."""
+        if not self.distillation_weight:
+            return {}
+        return {
+            "distillation_weight": self.distillation_weight,
+            "distillation_temperature": self.distillation_temperature,
+        }
 
 
 def pretrained_path() -> str:

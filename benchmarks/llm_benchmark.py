@@ -24,11 +24,10 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from common import ROOT, cached_model_dir, environment, save_model_atomically, write_section
+from common import ROOT, Variant, cached_model_dir, environment, save_model_atomically, write_section
 from quality_benchmark import RunLog
 from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
@@ -37,15 +36,6 @@ from hf_prune import PruningArguments, PruningTrainer, pruning_summary
 from hf_prune.configs import TargetConfig
 from hf_prune.registry import get_method
 from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data, load_causal_lm, perplexities, speed
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A row that runs a method with other settings: pruning-config fields, or distillation from the dense row."""
-
-    method: str
-    pruning: dict = field(default_factory=dict)
-    distillation_weight: float = 0.0  # α; the teacher is the dense fine-tuned model (the dense row's run, cached)
 
 
 VARIANTS = {
@@ -210,12 +200,11 @@ def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments,
         config = pruning_config(method, target, args, model.config.intermediate_size)
         if method == "torch_pruning_llm":
             get_method(method).method_class.calibration = calibration_batches(data, collator)
-        alpha = variant_of(method).distillation_weight
-        teacher = dense_teacher(args, lm_args) if alpha else None
-        weight = {"distillation_weight": alpha} if alpha else {}
+        distillation = variant_of(method).distillation()
+        teacher = dense_teacher(args, lm_args) if distillation else None
         trainer = PruningTrainer(
             model=model,
-            args=training_arguments(args, workdir, **weight),
+            args=training_arguments(args, workdir, **distillation),
             pruning_config=config,
             train_dataset=data.train,
             data_collator=collator,

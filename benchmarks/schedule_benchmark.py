@@ -38,6 +38,7 @@ import transformers
 from common import (
     BMRS_VARIANTS,
     ROOT,
+    Variant,
     cached_model_dir,
     environment,
     finalized_record,
@@ -58,20 +59,22 @@ from hf_prune.registry import register_method
 
 
 METHODS = ("bingo", "taylor", "magnitude", "random", "torch_pruning_taylor")
-# ablations: a name, the method it varies and the config fields it changes (run with --methods NAME)
-VARIANTS = {
-    "bingo_second_order": ("bingo", {"prior": "second_order"}),
-    "taylor_normalized": ("taylor", {"normalize_layers": True}),
-    "bingo_one_shot": ("bingo", {"schedule": "one_shot"}),
-    "bingo_proportional": ("bingo", {"kind_budget": "proportional"}),
-    "taylor_proportional": ("taylor", {"kind_budget": "proportional"}),
-}
+# rows other than a plain method, by name (run with --methods NAME)
+BMRS_ROWS = {name: Variant("bmrs", fields) for name, fields in BMRS_VARIANTS.items()}
 # BMRS with an end phase: decisions every sixth of the steps until prune_end, then the masks are frozen and the rest of
 # the run fine-tunes (the main BMRS rows decide once per epoch, the last decision at the end of training)
-BMRS_END_PHASE = {"BMRS_N_end": {"variant": "normal"}}
-# rows distilled from the dense model fine-tuned with the same seed and budget (trained once, cached outside the
-# repository): a name -> (method, distillation_weight, distillation_temperature)
-DISTILLED = {"bingo_kd": ("bingo", 0.5, 2.0), "BMRS_N_kd": ("bmrs", 0.5, 2.0)}  # BmrsConfig's default is BMRS_N
+BMRS_END_PHASE = {"BMRS_N_end": Variant("bmrs", BMRS_VARIANTS["BMRS_N"])}
+VARIANTS = {
+    "bingo_second_order": Variant("bingo", {"prior": "second_order"}),
+    "taylor_normalized": Variant("taylor", {"normalize_layers": True}),
+    "bingo_one_shot": Variant("bingo", {"schedule": "one_shot"}),
+    "bingo_proportional": Variant("bingo", {"kind_budget": "proportional"}),
+    "taylor_proportional": Variant("taylor", {"kind_budget": "proportional"}),
+    # distilled from the dense model fine-tuned with the same seed and budget
+    "bingo_kd": Variant("bingo", distillation_weight=0.5, distillation_temperature=2.0),
+    "BMRS_N_kd": Variant("bmrs", BMRS_VARIANTS["BMRS_N"], distillation_weight=0.5, distillation_temperature=2.0),
+}
+ROWS = {**BMRS_ROWS, **BMRS_END_PHASE, **{name: Variant(name) for name in METHODS}, **VARIANTS}  # in report order
 TITLES = {
     "dense": "dense (no pruning)",
     "bingo": "BINGO",
@@ -156,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--methods",
         nargs="+",
         default=list(METHODS),
-        choices=["dense", *BMRS_VARIANTS, *BMRS_END_PHASE, *METHODS, *VARIANTS, *DISTILLED],
+        choices=["dense", *ROWS],
         help="'dense': a plain fine-tune with the same budget (default: the quality benchmark's dense runs); BMRS "
         "variants prune to their own stopping point, with the same guard rails",
     )
@@ -180,21 +183,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def config_class_of(name: str) -> tuple[type, dict]:
-    """The config class of a registered method, a BMRS variant or an ablation variant, and the variant's fields."""
-    variants = {
-        **{k: ("bmrs", v) for k, v in {**BMRS_VARIANTS, **BMRS_END_PHASE}.items()},
-        **VARIANTS,
-        **{k: (v[0], {}) for k, v in DISTILLED.items()},
-    }
-    method, fields = variants.get(name, (name, {}))
-    return hf_prune.registry.get_method(method).config_class, fields
+def variant_of(name: str) -> Variant:
+    """The row's method and settings (a plain method runs as itself)."""
+    return ROWS.get(name, Variant(name))
+
+
+def config_class_of(name: str) -> type:
+    return hf_prune.registry.get_method(variant_of(name).method).config_class
 
 
 def config_for(name: str, args, target: float, neurons: int) -> hf_prune.PruningConfig:
     """Every run with the same guard rails as the quality benchmark; methods that take a target also get the same
     schedule. `name` is a registered method, a BMRS variant or an ablation variant."""
-    config_class, fields = config_class_of(name)
+    config_class = config_class_of(name)
     common = dict(min_heads_per_layer=1, min_neurons_per_layer=round((1 - MAX_LAYER_RATIO) * neurons))
     if issubclass(config_class, TargetConfig):
         common.update(
@@ -203,7 +204,7 @@ def config_for(name: str, args, target: float, neurons: int) -> hf_prune.Pruning
     if name in BMRS_END_PHASE:
         steps = args.max_steps if args.max_steps > 0 else math.ceil(args.train_samples / args.batch_size) * args.epochs
         common.update(pruning_interval=max(1, int(steps) // 6), finetune_steps=round((1 - args.prune_end) * steps))
-    return config_class(**{**common, **fields})
+    return config_class(**{**common, **variant_of(name).pruning})
 
 
 def calibration_batches(splits, tokenizer, size: int = 256, batch: int = 32) -> list[dict]:
@@ -225,11 +226,8 @@ def dense_teacher(seed: int, args, splits, tokenizer) -> torch.nn.Module:
 
 def run_one(method: str, target: float, seed: int, args, splits, tokenizer, neurons: int, workdir: str) -> dict:
     config = None if method == "dense" else config_for(method, args, target, neurons)
-    teacher, distillation = None, {}
-    if method in DISTILLED:
-        _, weight, temperature = DISTILLED[method]
-        teacher = dense_teacher(seed, args, splits, tokenizer)
-        distillation = dict(distillation_weight=weight, distillation_temperature=temperature)
+    distillation = variant_of(method).distillation()
+    teacher = dense_teacher(seed, args, splits, tokenizer) if distillation else None
     trainer, seconds = fit(config, args, splits, tokenizer, seed, workdir, teacher=teacher, **distillation)
     record = {"sparsity": 0.0, "flops_ratio": 1.0}
     if config is not None:
@@ -302,7 +300,7 @@ def markdown(args, rows: list[dict], dense: list[dict], raw: str) -> str:
             f"{mean_sd([r['train_seconds'] for r in dense], 1, 0)} | {len(dense)} |"
         )
     for target in [None, *sorted({r["target"] for r in rows if r["target"] is not None})]:
-        for method in (*BMRS_VARIANTS, *BMRS_END_PHASE, *METHODS, *VARIANTS, *DISTILLED):
+        for method in ROWS:
             cell = [r for r in rows if r["method"] == method and r["target"] == target]
             if not cell:
                 continue
@@ -343,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         for target in args.sparsities:
             for method in args.methods:
-                own_point = method == "dense" or not issubclass(config_class_of(method)[0], TargetConfig)
+                own_point = method == "dense" or not issubclass(config_class_of(method), TargetConfig)
                 if own_point and target != args.sparsities[0]:
                     continue  # one run per seed: no target
                 key = run_key(args, method, None if own_point else target, seed)
