@@ -113,9 +113,10 @@ def main() -> None:
     def median(method, key):
         return statistics.median(r[key] for r in runs if r["method"] == method)
 
+    plain = {r["round"]: r["seconds"] for r in runs if r["method"] == "plain"}
+
     def ratio(method):
         """Median over rounds of the time against the plain run of the same round (drift cancels in a round)."""
-        plain = {r["round"]: r["seconds"] for r in runs if r["method"] == "plain"}
         return statistics.median(r["seconds"] / plain[r["round"]] for r in runs if r["method"] == method)
 
     base_peak = median("plain", "peak_bytes")
