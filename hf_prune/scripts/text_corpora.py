@@ -17,9 +17,13 @@ held_out = load_news_articles(held_out=True)  # the 50 other articles
 
 from __future__ import annotations
 
+import bz2
+import html
 import importlib.util
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from xml.etree import ElementTree
 
 from datasets import Dataset
 
@@ -34,11 +38,16 @@ NEWS_ENCODINGS = {False: "utf-8", True: "latin-1"}  # lee.cor has a few latin-1 
 def news_articles_path(held_out: bool = False) -> Path:
     """Path of `lee_background.cor` (or of `lee.cor` if `held_out`) in the installed gensim wheel, located without
     importing gensim."""
+    return _gensim_test_file(NEWS_FILES[held_out])
+
+
+def _gensim_test_file(name: str) -> Path:
+    """A file of the gensim wheel's test data, located without importing gensim."""
     spec = importlib.util.find_spec(NEWS_PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    path = Path(locations[0]) / "test" / "test_data" / NEWS_FILES[held_out] if locations else None
+    path = Path(locations[0]) / "test" / "test_data" / name if locations else None
     if path is None or not path.is_file():
-        raise ImportError(f"The news articles ship in the gensim wheel: `{NEWS_INSTALL}`.")
+        raise ImportError(f"{name} ships in the gensim wheel: `{NEWS_INSTALL}`.")
     return path
 
 
@@ -118,3 +127,87 @@ def token_blocks(
     stream = token_stream(texts, tokenizer, bos=bos, eos=eos, separator=separator)
     end = len(stream) if keep_remainder else len(stream) // block_size * block_size
     return Dataset.from_dict({"input_ids": [stream[i : i + block_size] for i in range(0, end, block_size)]})
+
+
+# -- Wikipedia ---------------------------------------------------------------------------------------------------------
+WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+WIKI_END_SECTIONS = ("references", "see also", "external links", "further reading", "notes", "bibliography", "sources")
+_DROPPED_LINKS = ("file:", "image:", "category:", "media:", "wikipedia:", "wp:", "help:", "portal:", "template:")
+_DROPPED_TAGS = re.compile(
+    r"<(ref|math|gallery|timeline|syntaxhighlight|source|score)\b[^>]*?(/>|>.*?</\1\s*>)", re.S | re.I
+)
+_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
+_TABLE = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", re.S)
+_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
+_EXTERNAL_LINK = re.compile(r"\[(?:https?:)?//\S+(?: ([^\]]*))?\]")
+_HEADING = re.compile(r"^(=+)\s*(.*?)\s*\1\s*$")
+
+
+def wikipedia_dump_path() -> Path:
+    """Path of the shortened English Wikipedia dump (206 pages of 2016, MediaWiki XML, bz2) in the gensim wheel."""
+    return _gensim_test_file(WIKI_FILE)
+
+
+def load_wikipedia_articles(min_words: int = 100) -> list[str]:
+    """The encyclopaedia articles of the gensim wheel's Wikipedia sample as plain text, one string each (paragraphs
+    separated by a newline), in dump order; redirects, other namespaces and articles shorter than `min_words` words
+    are skipped. General-domain text: mixed into the training data it keeps what the model knows outside the
+    fine-tuning domain (see `CausalLMArguments.general_text`)."""
+    articles = []
+    with bz2.open(wikipedia_dump_path()) as dump:
+        for _, element in ElementTree.iterparse(dump):
+            if element.tag.rsplit("}", 1)[-1] != "page":
+                continue
+            fields = {child.tag.rsplit("}", 1)[-1]: child for child in element.iter()}
+            text = fields["text"].text or "" if "text" in fields else ""
+            if (
+                fields["ns"].text == "0"
+                and "redirect" not in fields
+                and not text.lstrip().lower().startswith("#redirect")
+            ):
+                article = wiki_to_text(text)
+                if len(article.split()) >= min_words:
+                    articles.append(article)
+            element.clear()
+    return articles
+
+
+def wiki_to_text(markup: str) -> str:
+    """Plain prose from MediaWiki markup: templates, tables, references, files and categories dropped, links and
+    external links replaced by their text, bold and italics quotes removed, headings and list lines dropped, and
+    the article cut at its first back-matter section ("References", "See also", ...). Paragraphs are joined by
+    newlines."""
+    text = html.unescape(re.sub(r"<!--.*?-->", "", markup, flags=re.S))
+    text = _DROPPED_TAGS.sub("", text)
+    text = _innermost_first(_TEMPLATE, "", text)
+    text = _innermost_first(_TABLE, "", text)
+    text = _innermost_first(_LINK, _link_text, text)
+    text = _EXTERNAL_LINK.sub(lambda m: m.group(1) or "", text)
+    text = re.sub(r"<[^<>]+>", "", text).replace("'''", "").replace("''", "")
+    paragraphs = []
+    for line in text.splitlines():
+        heading = _HEADING.match(line.strip())
+        if heading and heading.group(2).lower() in WIKI_END_SECTIONS:
+            break
+        if heading or not line.strip() or line.lstrip()[0] in "*#:;|!{}=":
+            continue
+        line = re.sub(r"\(\s*[,;]?\s*\)", "", line)  # parentheses emptied by a removed template
+        line = re.sub(r"\s*[,;]\s*\)", ")", re.sub(r"\(\s*[,;]\s*", "(", line))
+        paragraphs.append(re.sub(r"\s+", " ", line).replace(" ,", ",").replace(" .", ".").strip())
+    return "\n".join(p for p in paragraphs if p)
+
+
+def _innermost_first(pattern: re.Pattern, replacement, text: str) -> str:
+    """Apply `pattern` until nothing matches, so nested constructs are removed from the inside out."""
+    while True:
+        text, count = pattern.subn(replacement, text)
+        if not count:
+            return text
+
+
+def _link_text(match: re.Match) -> str:
+    """`[[target|label]]` -> label, `[[target]]` -> target; files, categories and interwiki links -> nothing."""
+    target, _, label = match.group(1).partition("|")
+    if target.lower().lstrip(":").startswith(_DROPPED_LINKS) or re.match(r"^[a-z]{2,3}(-[a-z]+)?:", target):
+        return ""
+    return (label.rsplit("|", 1)[-1] if label else target).strip()
