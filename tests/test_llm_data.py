@@ -4,6 +4,7 @@ throughput and sampling helpers, the news articles and `token_blocks`. The slow 
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import json
 import math
@@ -384,3 +385,67 @@ def test_smollm2_converts_and_knows_paris(tmp_path):
     assert "Paris" in sample
     stream = corpora.token_stream(corpora.load_news_articles(), tokenizer, bos=False)
     assert 15 < lm.perplexity(model, stream[:2048], window=1024, batch_size=1) < 40
+
+
+WIKI_MARKUP = """{{Infobox person|name=Ada {{nowrap|Lovelace}}|image=Ada.jpg}}
+'''Ada Lovelace''' (born '''Augusta Ada Byron'''; {{IPAc-en|ˈ|l|ʌ|v}}) was an [[England|English]] [[mathematician]].&lt;!--
+a comment --&gt;<ref name="a">Cited work, [[p. 3]]</ref> She worked with [[Charles Babbage|Babbage]]<ref name="b"/>.
+[[File:Ada.jpg|thumb|Ada, by [[Alfred Edward Chalon|Chalon]]]]
+{| class="wikitable"
+| a || b {{cite|x}}
+|}
+== Life ==
+She wrote &amp;nbsp;the first [http://example.org published algorithm] and ''notes''.[http://example.org/bare]
+* a list line
+[[Category:Mathematicians]] [[fr:Ada Lovelace]]
+== See also ==
+Text after the back matter.
+"""
+
+
+def test_wiki_markup_becomes_plain_prose():
+    text = corpora.wiki_to_text(html.unescape(WIKI_MARKUP))  # the XML reader hands over unescaped markup
+    assert text.splitlines() == [
+        "Ada Lovelace (born Augusta Ada Byron) was an English mathematician. She worked with Babbage.",
+        "She wrote the first published algorithm and notes.",  # the no-break space is white space
+    ]
+
+
+@needs_news_articles
+def test_wikipedia_articles():
+    articles = corpora.load_wikipedia_articles()
+    assert len(articles) == 96 and articles[0].startswith("Anarchism is a political philosophy")
+    assert all(len(a.split()) >= 100 for a in articles)
+    markup = ("{{", "}}", "[[", "]]", "<ref", "'''", "{|", "==")
+    assert not [m for m in markup if any(m in a for a in articles)]
+    assert 350_000 < sum(len(a.split()) for a in articles) < 450_000
+    assert len(corpora.load_wikipedia_articles(min_words=5000)) < len(articles)
+
+
+@needs_news_articles
+def test_general_text_is_the_asked_share_of_the_training_blocks(tmp_path, caplog):
+    from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data
+
+    tokenizer = character_tokenizer()
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    (tmp_path / "task.txt").write_text("\n".join(f"task document {a}" for a in letters))
+    (tmp_path / "general.txt").write_text("\n".join(f"general text {a}" for a in letters[:19]))  # 19 x 16 tokens
+    args = dict(train_file=str(tmp_path / "task.txt"), block_size=8, eval_tokens=32, eval_window=16)
+    plain = language_modeling_data(CausalLMArguments(**args), tokenizer)
+    mixed = language_modeling_data(
+        CausalLMArguments(**args, general_text=str(tmp_path / "general.txt"), general_fraction=0.25), tokenizer
+    )
+    n = len(plain.train)
+    assert len(mixed.train) == n + round(n / 3) and mixed.train[:n] == plain.train[:]
+    added = [tokenizer.decode(ids) for ids in mixed.train[n:]["input_ids"]]
+    assert "".join(added).startswith("<s>general text a</s>") and "task" not in "".join(added)
+    assert mixed.train_documents.endswith("+ 25% of the blocks from " + str(tmp_path / "general.txt"))
+    assert all(torch.equal(mixed.eval_ids[s], plain.eval_ids[s]) for s in plain.eval_ids)
+
+    with caplog.at_level("WARNING"):
+        most = language_modeling_data(
+            CausalLMArguments(**args, general_text=str(tmp_path / "general.txt"), general_fraction=0.9), tokenizer
+        )
+    assert len(most.train) == n + 19 * 16 // 8 and "fewer than" in caplog.text  # every general block, and a warning
+    with pytest.raises(ValueError, match="general_fraction"):
+        CausalLMArguments(general_fraction=1.0)

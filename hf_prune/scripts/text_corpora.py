@@ -2,16 +2,20 @@
 
 The news corpus is the Lee corpus that ships as test data in the `gensim` wheel (LGPL-2.1): 300 English news
 articles (`lee_background.cor`, one article per line, about 75,000 SmolLM2 tokens), and 50 more (`lee.cor`).
-Only the files are read; gensim is never imported, so `pip install --no-deps gensim==4.4.0` suffices.
+The same wheel ships a shortened English Wikipedia dump (206 pages of 2016); `load_wikipedia_articles` turns its 96
+encyclopaedia articles (about 400,000 words) into plain text: general-domain text to mix into a fine-tune so the model
+keeps what it knows outside the task. Only the files are read; gensim is never imported, so
+`pip install --no-deps gensim==4.4.0` suffices.
 
 ```python
-from hf_prune.scripts.text_corpora import load_news_articles, token_blocks, token_stream
+from hf_prune.scripts.text_corpora import load_news_articles, load_wikipedia_articles, token_blocks, token_stream
 
 articles = load_news_articles()  # 300 strings
 blocks = token_blocks(articles, tokenizer, block_size=512)  # Dataset with "input_ids", every row 512 tokens
 stream = token_stream(articles, tokenizer)[:8192]  # one list of token ids, e.g. for language_modeling.perplexity
 plain = token_stream(articles, tokenizer, bos=False, eos=False, separator="\n\n")  # one text, blank lines between
 held_out = load_news_articles(held_out=True)  # the 50 other articles
+general = load_wikipedia_articles()  # 96 strings, paragraphs separated by newlines
 ```
 """
 
@@ -140,6 +144,7 @@ _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 _TABLE = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", re.S)
 _LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
 _EXTERNAL_LINK = re.compile(r"\[(?:https?:)?//\S+(?: ([^\]]*))?\]")
+_UNBALANCED = re.compile(r"\{\{|\}\}|\[\[|\]\]")
 _HEADING = re.compile(r"^(=+)\s*(.*?)\s*\1\s*$")
 
 
@@ -174,9 +179,9 @@ def load_wikipedia_articles(min_words: int = 100) -> list[str]:
 
 def wiki_to_text(markup: str) -> str:
     """Plain prose from MediaWiki markup: templates, tables, references, files and categories dropped, links and
-    external links replaced by their text, bold and italics quotes removed, headings and list lines dropped, and
-    the article cut at its first back-matter section ("References", "See also", ...). Paragraphs are joined by
-    newlines."""
+    external links replaced by their text, bold and italics quotes removed, headings, list lines and lines left with
+    unbalanced markup dropped, and the article cut at its first back-matter section ("References", "See also", ...).
+    Paragraphs are joined by newlines."""
     text = html.unescape(re.sub(r"<!--.*?-->", "", markup, flags=re.S))
     text = _DROPPED_TAGS.sub("", text)
     text = _innermost_first(_TEMPLATE, "", text)
@@ -189,8 +194,8 @@ def wiki_to_text(markup: str) -> str:
         heading = _HEADING.match(line.strip())
         if heading and heading.group(2).lower() in WIKI_END_SECTIONS:
             break
-        if heading or not line.strip() or line.lstrip()[0] in "*#:;|!{}=":
-            continue
+        if heading or not line.strip() or line.lstrip()[0] in "*#:;|!{}=" or _UNBALANCED.search(line):
+            continue  # headings, lists, table rows, and lines whose markup did not balance (a literal brace)
         line = re.sub(r"\(\s*[,;]?\s*\)", "", line)  # parentheses emptied by a removed template
         line = re.sub(r"\s*[,;]\s*\)", ")", re.sub(r"\(\s*[,;]\s*", "(", line))
         paragraphs.append(re.sub(r"\s+", " ", line).replace(" ,", ",").replace(" .", ".").strip())
