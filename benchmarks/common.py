@@ -39,13 +39,14 @@ BMRS_VARIANTS = {  # BmrsConfig arguments of the paper's three variants
 
 @dataclass(frozen=True)
 class Variant:
-    """A benchmark row that runs a registered method with other settings: pruning-config fields, data settings of the
-    benchmark's script arguments, and/or distillation from the dense model fine-tuned with the same seed and budget
-    (the teacher, trained once and cached)."""
+    """A benchmark row that runs a registered method with other settings: pruning-config fields, data settings and
+    training settings (e.g. `max_steps`) of the benchmark's arguments, and/or distillation from the dense model
+    fine-tuned with the same seed and budget (the teacher, trained once and cached)."""
 
     method: str
     pruning: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
     distillation_weight: float = 0.0  # α; 0: no teacher
     distillation_temperature: float = 1.0
 

@@ -183,22 +183,28 @@ def calibration_batches(data, collator, count: int = 4, size: int = 4) -> list[d
     return [dict(collator(rows[i : i + size])) for i in range(0, len(rows), size)]
 
 
-def dense_teacher_dir(args) -> Path:
-    """Where the dense fine-tuned model of these settings is kept for the distilled rows (outside the repository)."""
-    return cached_model_dir("llm", run_key(args, "dense", None))
+def dense_teacher_dir(args, lm_args: CausalLMArguments) -> Path:
+    """Where the dense model fine-tuned with these settings and data is kept for the distilled rows (outside the
+    repository)."""
+    general = {"general_text": lm_args.general_text, "general_fraction": lm_args.general_fraction}
+    return cached_model_dir("llm", {**run_key(args, "dense", None), **(general if lm_args.general_text else {})})
 
 
 def dense_teacher(args, lm_args: CausalLMArguments) -> torch.nn.Module:
-    """The dense model fine-tuned with these settings (the dense row's run), trained and cached on first use."""
-    if not dense_teacher_dir(args).exists():
+    """The dense model fine-tuned with these settings and data (the dense row's run), trained and cached on first
+    use."""
+    if not dense_teacher_dir(args, lm_args).exists():
         with tempfile.TemporaryDirectory() as workdir:
             run_one("dense", None, args, lm_args, workdir)
-    return AutoModelForCausalLM.from_pretrained(dense_teacher_dir(args), dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(dense_teacher_dir(args, lm_args), dtype=torch.float32)
 
 
 def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments, workdir: str) -> dict:
     variant = variant_of(method)
-    lm_args = dataclasses.replace(lm_args, **variant.data)
+    args, lm_args = (
+        argparse.Namespace(**{**vars(args), **variant.training}),
+        dataclasses.replace(lm_args, **variant.data),
+    )
     model, tokenizer = load_causal_lm(lm_args)
     data = language_modeling_data(lm_args, tokenizer)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
@@ -228,8 +234,8 @@ def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments,
     start = time.perf_counter()
     trainer.train()
     row["train_seconds"] = time.perf_counter() - start
-    if method == "dense" and not dense_teacher_dir(args).exists():
-        save_model_atomically(model, dense_teacher_dir(args))
+    if variant.method == "dense" and not dense_teacher_dir(args, lm_args).exists():
+        save_model_atomically(model, dense_teacher_dir(args, lm_args))
     row["train_loss"] = trainer.state.log_history[-1].get("train_loss")
     if variant.method != "dense":
         model = trainer.finalize(evaluate=False, measure_latency=False)
@@ -286,9 +292,13 @@ def is_dense(row: dict) -> bool:
 
 
 def reference(rows: list[dict], row: dict) -> dict | None:
-    """The dense row fine-tuned on the same data as `row`: what its perplexity is compared with."""
-    data = variant_of(row["method"]).data
-    return next((r for r in rows if is_dense(r) and variant_of(r["method"]).data == data), None)
+    """The dense row fine-tuned on the same data and budget as `row`: what its perplexity is compared with."""
+    variant = variant_of(row["method"])
+    same = (variant.data, variant.training)
+    return next(
+        (r for r in rows if is_dense(r) and (variant_of(r["method"]).data, variant_of(r["method"]).training) == same),
+        None,
+    )
 
 
 def row_id(row: dict) -> str:
