@@ -57,6 +57,11 @@ VARIANTS = {
     # a quarter of the training blocks from general text (the Wikipedia sample), for the fine-tune and the recovery
     "dense_general": Variant("dense", data=GENERAL_TEXT),
     "taylor_proportional_general": Variant("taylor", pruning={"kind_budget": "proportional"}, data=GENERAL_TEXT),
+    # twice the optimizer steps (the schedule's fractions are the same, so 72 recovery steps instead of 36)
+    "dense_long": Variant("dense", training={"max_steps": 240}),
+    "taylor_proportional_long": Variant(
+        "taylor", pruning={"kind_budget": "proportional"}, training={"max_steps": 240}
+    ),
 }
 METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs", *VARIANTS)
 CRITERIA = (
@@ -84,6 +89,9 @@ TITLES = {
     "(α 0.5)",
     "taylor_proportional_early": "Taylor, each kind the target share, schedule 10 % -> 50 % of the steps",
     "dense_general": "dense, fine-tuned on the tweets + 25 % Wikipedia blocks",
+    "dense_long": "dense, fine-tuned for twice the steps (240)",
+    "taylor_proportional_long": "Taylor, each kind the target share, twice the steps (240; vs the dense model "
+    "fine-tuned as long)",
     "taylor_proportional_general": "Taylor, each kind the target share, tweets + 25 % Wikipedia blocks (vs the dense "
     "model fine-tuned on the same mix)",
 }
