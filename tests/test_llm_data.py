@@ -449,3 +449,5 @@ def test_general_text_is_the_asked_share_of_the_training_blocks(tmp_path, caplog
     assert len(most.train) == n + 19 * 16 // 8 and "fewer than" in caplog.text  # every general block, and a warning
     with pytest.raises(ValueError, match="general_fraction"):
         CausalLMArguments(general_fraction=1.0)
+    with pytest.raises(ValueError, match="general_text"):
+        CausalLMArguments(general_text=str(tmp_path / "missing.txt"))

@@ -89,6 +89,8 @@ class CausalLMArguments:
                 f"eval_tokens={self.eval_tokens}, eval_window={self.eval_window}: use eval_window >= 2 and "
                 "eval_tokens >= eval_window."
             )
+        if self.general_text not in (None, "wikipedia") and not Path(self.general_text).is_file():
+            raise ValueError(f"general_text={self.general_text!r}: use 'wikipedia' or a .txt file that exists.")
         if not 0 <= self.general_fraction < 1:
             raise ValueError(f"general_fraction={self.general_fraction}: use a share in [0, 1).")
 

@@ -164,7 +164,7 @@ def load_wikipedia_articles(min_words: int = 100) -> list[str]:
             if element.tag.rsplit("}", 1)[-1] != "page":
                 continue
             fields = {child.tag.rsplit("}", 1)[-1]: child for child in element.iter()}
-            text = fields["text"].text or "" if "text" in fields else ""
+            text = (fields["text"].text if "text" in fields else None) or ""
             if (
                 fields["ns"].text == "0"
                 and "redirect" not in fields
