@@ -57,6 +57,7 @@ VARIANTS = {
     # a quarter of the training blocks from general text (the Wikipedia sample), for the fine-tune and the recovery
     "dense_general": Variant("dense", data=GENERAL_TEXT),
     "taylor_proportional_general": Variant("taylor", pruning={"kind_budget": "proportional"}, data=GENERAL_TEXT),
+    "taylor_proportional_fisher": Variant("taylor", pruning={"kind_budget": "proportional", "criterion": "fisher"}),
     # twice the optimizer steps (the schedule's fractions are the same, so 72 recovery steps instead of 36)
     "dense_long": Variant("dense", training={"max_steps": 240}),
     "taylor_proportional_long": Variant(
@@ -90,6 +91,8 @@ TITLES = {
     "taylor_proportional_early": "Taylor, each kind the target share, schedule 10 % -> 50 % of the steps",
     "dense_general": "dense, fine-tuned on the tweets + 25 % Wikipedia blocks",
     "dense_long": "dense, fine-tuned for twice the steps (240)",
+    "taylor_proportional_fisher": "Taylor, each kind the target share, ranked by the gate's empirical Fisher "
+    '(`criterion="fisher"`)',
     "taylor_proportional_long": "Taylor, each kind the target share, twice the steps (240; vs the dense model "
     "fine-tuned as long)",
     "taylor_proportional_general": "Taylor, each kind the target share, tweets + 25 % Wikipedia blocks (vs the dense "

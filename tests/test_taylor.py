@@ -15,9 +15,11 @@ from hf_prune.selection import unit_costs_by_layer
 from .tiny_models import FAMILY, build, counting_dataset, dataset, inputs, logits, trainer_for
 
 
-def test_config_rejects_bad_start():
+def test_config_rejects_bad_start_and_criterion():
     with pytest.raises(ValueError, match=r"Invalid start="):
         TaylorConfig(start=1.0)
+    with pytest.raises(ValueError, match=r"Invalid criterion='second_order'.*'fisher'"):
+        TaylorConfig(criterion="second_order")
 
 
 def _loss_with_scaled_unit(model, batch, projection: nn.Module, columns: slice, factor: float) -> float:
@@ -82,13 +84,22 @@ def test_scores_need_training():
         get_pruning_state(model).method.scores()
 
 
-@pytest.mark.parametrize("family_name, normalize", [("bert", False), ("qwen2", True)])
-def test_taylor_end_to_end(family_name, normalize, tmp_path):
+@pytest.mark.parametrize(
+    "family_name, normalize, criterion",
+    [("bert", False, "first_order"), ("qwen2", True, "first_order"), ("llama", False, "fisher")],
+)
+def test_taylor_end_to_end(family_name, normalize, criterion, tmp_path):
     family = FAMILY[family_name]
     model = build(family)
     trainer = trainer_for(
         model,
-        TaylorConfig(target_sparsity=0.4, normalize_layers=normalize, schedule="final", time_weighting="none"),
+        TaylorConfig(
+            target_sparsity=0.4,
+            normalize_layers=normalize,
+            schedule="final",
+            time_weighting="none",
+            criterion=criterion,
+        ),
         tmp_path,
         steps=4,
         train_dataset=dataset(family, 48),
@@ -99,6 +110,16 @@ def test_taylor_end_to_end(family_name, normalize, tmp_path):
     assert method.metrics()["taylor_batches"] == 8  # every micro-batch
     importance = method.importance()
     assert all(bool((v > 0).all()) for kind in importance for v in importance[kind])
+    for kind, gates in ((HEADS, method.state.gates(HEADS)), (NEURONS, method.state.gates(NEURONS))):
+        for gate, value in zip(gates, importance[kind]):  # the statistic the criterion names, per micro-batch
+            total, weight = (
+                (gate.grad_curv_sum, gate.grad_rel_weight)
+                if criterion == "fisher"
+                else (gate.grad_abs_sum, gate.grad_weight)
+            )
+            assert float(weight) == 8
+            expected = total.float() / 8
+            torch.testing.assert_close(value, expected / expected.mean() if normalize else expected)
     spec = hf_prune.get_architecture(model)
     total = prunable_parameters(model, spec)
     largest_unit = max(max(costs) for costs in unit_costs_by_layer(model, get_pruning_state(model)).values())
