@@ -415,7 +415,11 @@ def targets(rows: list[dict]) -> list[str]:
                     f"(target at most +{100 * limit:.0f} %): {verdict}."
                 )
     peer = next((r for r in rows if r["method"] == "torch_pruning_llm" and r["target"] == 0.4), None)
-    ours = [r for r in rows if r["target"] == 0.4 and r["method"] in CRITERIA]
+    ours = [  # at the peer's budget and data
+        r
+        for r in rows
+        if r["target"] == 0.4 and r["method"] in CRITERIA and peer and reference(rows, r) is reference(rows, peer)
+    ]
     if peer and ours:
         best = min(ours, key=lambda r: r["perplexity"]["tweets"])
         gain = 1 - best["perplexity"]["tweets"] / peer["perplexity"]["tweets"]
