@@ -19,6 +19,7 @@ SmolLM2 ─► perplexity, tokens/s, samples (dense) ─► PruningTrainer: fine
     python examples/prune_causal_lm.py --method magnitude --target_sparsity 0.4
     python examples/prune_causal_lm.py --method bmrs                     # BMRS decides how much to remove
     python examples/prune_causal_lm.py --uniform_layers false            # per-layer counts (loads with remote code)
+    python examples/prune_causal_lm.py --general_text wikipedia          # a quarter of the blocks from general text
     python examples/prune_causal_lm.py --model_name_or_path path/to/llama --train_file corpus.txt
     python examples/prune_causal_lm.py args.yaml                         # the same from a file: keys are flag names
 

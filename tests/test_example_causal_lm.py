@@ -168,6 +168,21 @@ def test_arguments_from_a_yaml_file(example, tmp_path):
     args, training, config = example.make_parser().parse_args_and_config([str(tmp_path / "args.yaml")])
     assert (args.block_size, training.max_steps, type(config).__name__) == (48, 7, "TaylorConfig")
     assert (config.prune_end, config.target_sparsity, config.uniform_layers) == (0.5, 0.2, True)
+    assert (args.general_text, config.criterion) == (None, "first_order")
+    flags = [
+        "--output_dir",
+        "out",
+        "--general_text",
+        "wikipedia",
+        "--general_fraction",
+        "0.3",
+        "--criterion",
+        "fisher",
+    ]
+    args, _, config = example.make_parser().parse_args_and_config(flags)
+    assert (args.general_text, args.general_fraction, config.criterion) == ("wikipedia", 0.3, "fisher")
+    with pytest.raises(ValueError, match="general_fraction=1.0"):
+        example.make_parser().parse_args_and_config([*flags[:4], "--general_fraction", "1.0"])
 
 
 @needs_embedded_data
