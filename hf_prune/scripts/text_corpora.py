@@ -3,10 +3,9 @@
 The news corpus is the Lee corpus that ships as test data in the `gensim` wheel (LGPL-2.1): 300 English news
 articles (`lee_background.cor`, one article per line, about 75,000 SmolLM2 tokens), and 50 more (`lee.cor`).
 The same wheel ships a shortened English Wikipedia dump (206 pages of 2016; Wikipedia text is CC BY-SA);
-`load_wikipedia_articles` turns its 96
-encyclopaedia articles (about 400,000 words) into plain text: general-domain text to mix into a fine-tune so the model
-keeps what it knows outside the task. Only the files are read; gensim is never imported, so
-`pip install --no-deps gensim==4.4.0` suffices.
+`load_wikipedia_articles` turns its 96 encyclopaedia articles (about 400,000 words) into plain text: general-domain
+text to mix into a fine-tune so the model keeps what it knows outside the task. Only the files are read; gensim is
+never imported, so `pip install --no-deps gensim==4.4.0` suffices.
 
 ```python
 from hf_prune.scripts.text_corpora import load_news_articles, load_wikipedia_articles, token_blocks, token_stream
