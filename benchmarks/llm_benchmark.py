@@ -302,14 +302,15 @@ def is_dense(row: dict) -> bool:
     return variant_of(row["method"]).method == "dense"
 
 
+def setting(row: dict) -> tuple[dict, dict]:
+    """The data and training settings a row was fine-tuned with (beyond the table's own)."""
+    variant = variant_of(row["method"])
+    return variant.data, variant.training
+
+
 def reference(rows: list[dict], row: dict) -> dict | None:
     """The dense row fine-tuned on the same data and budget as `row`: what its perplexity is compared with."""
-    variant = variant_of(row["method"])
-    same = (variant.data, variant.training)
-    return next(
-        (r for r in rows if is_dense(r) and (variant_of(r["method"]).data, variant_of(r["method"]).training) == same),
-        None,
-    )
+    return next((r for r in rows if is_dense(r) and setting(r) == setting(row)), None)
 
 
 def row_id(row: dict) -> str:
@@ -416,11 +417,9 @@ def targets(rows: list[dict]) -> list[str]:
                 )
     peer = next((r for r in rows if r["method"] == "torch_pruning_llm" and r["target"] == 0.4), None)
     ours = [  # at the peer's budget and data
-        r
-        for r in rows
-        if r["target"] == 0.4 and r["method"] in CRITERIA and peer and reference(rows, r) is reference(rows, peer)
+        r for r in rows if peer and r["target"] == 0.4 and r["method"] in CRITERIA and setting(r) == setting(peer)
     ]
-    if peer and ours:
+    if ours:
         best = min(ours, key=lambda r: r["perplexity"]["tweets"])
         gain = 1 - best["perplexity"]["tweets"] / peer["perplexity"]["tweets"]
         lines.append(

@@ -37,10 +37,9 @@ class TaylorConfig(TargetConfig):
     `i` (Michel et al., 2019), with gradients taken for the model's own loss; with `criterion="fisher"` it is the
     second-order estimate of the relative loss increase of removing the unit, `½ mean_i (dL_i/dgate)² / L` (the
     empirical Fisher of the gate, as in Kwon et al., 2022), which, unlike the first-order term, does not cancel once
-    the unit is trained. Heads and neurons compete in one global
-    ranking of importance per prunable parameter freed (`hf_prune.accounting.unit_costs`), or, with
-    `kind_budget="proportional"`, each kind gives up the target share of its own parameters (the better choice in
-    the benchmarks, for MiniLM-L6 at 50-70 % and for SmolLM2). Needs `PruningTrainer`, which reports every backward
+    the unit is trained. Heads and neurons compete in one global ranking of importance per prunable parameter freed
+    (`hf_prune.accounting.unit_costs`), or, with `kind_budget="proportional"`, each kind gives up the target share
+    of its own parameters (the better choice in the benchmarks, for MiniLM-L6 at 50-70 % and for SmolLM2). Needs `PruningTrainer`, which reports every backward
     pass to the method.
 
     Args:
