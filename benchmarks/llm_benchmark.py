@@ -58,6 +58,8 @@ VARIANTS = {
     "dense_general": Variant("dense", data=GENERAL_TEXT),
     "taylor_proportional_general": Variant("taylor", pruning={"kind_budget": "proportional"}, data=GENERAL_TEXT),
     "taylor_proportional_fisher": Variant("taylor", pruning={"kind_budget": "proportional", "criterion": "fisher"}),
+    # least-squares refit of the kept weights at every pruning event (`reconstruct=True`)
+    "taylor_proportional_reconstruct": Variant("taylor", pruning={"kind_budget": "proportional", "reconstruct": True}),
     # twice the optimizer steps (the schedule's fractions are the same, so 72 recovery steps instead of 36)
     "dense_long": Variant("dense", training={"max_steps": 240}),
     "taylor_proportional_long": Variant(
@@ -93,6 +95,8 @@ TITLES = {
     "dense_long": "dense, fine-tuned for twice the steps (240)",
     "taylor_proportional_fisher": "Taylor, each kind the target share, ranked by the gate's empirical Fisher "
     '(`criterion="fisher"`)',
+    "taylor_proportional_reconstruct": "Taylor, each kind the target share, kept weights refit by least squares at "
+    "every pruning event (`reconstruct=True`)",
     "taylor_proportional_long": "Taylor, each kind the target share, twice the steps (240; vs the dense model "
     "fine-tuned as long)",
     "taylor_proportional_general": "Taylor, each kind the target share, tweets + 25 % Wikipedia blocks (vs the dense "

@@ -136,6 +136,12 @@ class TargetConfig(PruningConfig):
         kind_budget (`str`, defaults to `"global"`): how the target is split between attention heads and MLP
             neurons: `"global"` ranks both kinds together by score per parameter freed; `"proportional"` removes
             `target_sparsity` of each kind's own prunable parameters, ranking each kind across layers.
+        reconstruct (`bool`, defaults to `False`): at each pruning event, refit the kept weights of every projection
+            that loses units by least squares, so that its output on the training inputs seen since the previous
+            event changes as little as possible (`hf_prune.reconstruction`; costs `d_in²` floats per gated
+            projection). The shapes stay stock.
+        reconstruct_damping (`float`, defaults to `0.01`): ridge added to the least-squares system, as a fraction of
+            the mean input energy of the kept columns.
     """
 
     target_sparsity: float = field(default=0.5, metadata={"help": "Fraction of prunable parameters to remove."})
@@ -150,6 +156,12 @@ class TargetConfig(PruningConfig):
     kind_budget: str = field(
         default="global",
         metadata={"help": "Split of the target between heads and neurons: 'global' ranking or 'proportional'."},
+    )
+    reconstruct: bool = field(
+        default=False, metadata={"help": "Refit the kept weights by least squares at each pruning event."}
+    )
+    reconstruct_damping: float = field(
+        default=0.01, metadata={"help": "Ridge of the least-squares refit, relative to the mean input energy."}
     )
 
     def __post_init__(self):
@@ -174,6 +186,7 @@ class TargetConfig(PruningConfig):
         _require(
             self.kind_budget in KIND_BUDGETS, "kind_budget", self.kind_budget, f"use one of {', '.join(KIND_BUDGETS)}"
         )
+        _require(self.reconstruct_damping > 0, "reconstruct_damping", self.reconstruct_damping, "use a positive value")
 
 
 def to_json(data: dict) -> str:

@@ -1,4 +1,5 @@
-"""Helpers for models sharded with FSDP2 (`torch.distributed.fsdp.fully_shard`).
+"""Helpers for several processes: sums across processes, and models sharded with FSDP2
+(`torch.distributed.fsdp.fully_shard`).
 
 Under FSDP2 every parameter of a sharded module, pruning-gate parameters included, is a `DTensor` holding one shard
 per process; inside the module's forward the full parameters are gathered, outside of it they are not. Buffers (the
@@ -11,7 +12,20 @@ them, in the same order.
 from __future__ import annotations
 
 import torch
+from torch import distributed as dist
 from torch import nn
+
+
+def world_size() -> int:
+    """Processes in the default process group (1 when `torch.distributed` is not initialised)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of `tensor` over processes, in place (the tensor itself when there is one process; a collective call)."""
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
 
 
 def is_dtensor(tensor: object) -> bool:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..constants import HEADS, NEURONS
 from ..gates import UnitGate
+from ..reconstruction import Reconstruction
 from ..selection import select_to_sparsity
 
 
@@ -108,6 +109,14 @@ class PruningMethod:
         """Method-specific metrics, logged as `pruning/<name>`."""
         return {}
 
+    def process_state(self) -> dict[str, Any] | None:
+        """State this process holds outside the model (not reduced across processes yet), saved in each checkpoint
+        per process and handed back to `load_process_state` on resume; `None` when there is none."""
+        return None
+
+    def load_process_state(self, state: dict[str, Any]) -> None:
+        """Restore what `process_state` returned."""
+
 
 class TargetMethod(PruningMethod):
     """A method that ranks units and prunes to `target_sparsity` on the config's schedule.
@@ -117,6 +126,12 @@ class TargetMethod(PruningMethod):
     """
 
     config: TargetConfig
+    reconstruction: Reconstruction | None = None
+
+    def attach(self, model: nn.Module, state: PruningState) -> None:
+        super().attach(model, state)
+        if self.config.reconstruct:
+            self.reconstruction = Reconstruction(model, state, damping=self.config.reconstruct_damping)
 
     def scores(self) -> dict[str, list[torch.Tensor | None]]:
         """Per kind, per layer: a score per unit; lower scores are pruned first."""
@@ -146,15 +161,40 @@ class TargetMethod(PruningMethod):
         sparsity = self.scheduled_sparsity(global_step, max_steps)
         if sparsity is not None:
             self.apply_masks(self.select(sparsity))
+        if self.reconstruction is not None and self.config.schedule != "final":
+            # no event after prune_end: stop paying for the input statistics
+            self.reconstruction.collecting = global_step < round(self.config.prune_end * max_steps)
 
     @torch.no_grad()
     def apply_masks(self, masks: dict[str, list[torch.Tensor | None]]) -> None:
-        """Tighten the gates' keep-masks (a unit removed once stays removed)."""
+        """Tighten the gates' keep-masks (a unit removed once stays removed); with `reconstruct`, refit the kept
+        weights of the projections that lost units."""
+        before = {
+            kind: [None if m is None else m.clone() for m in self.state.masks(kind)] for kind in (HEADS, NEURONS)
+        }
         for kind in (HEADS, NEURONS):
             for gate, keep in zip(self.state.gates(kind), masks[kind]):
                 if gate is not None and keep is not None:
                     gate.mask &= keep.to(gate.mask.device)
+        if self.reconstruction is not None:
+            self.reconstruction.update(before, {kind: self.state.masks(kind) for kind in (HEADS, NEURONS)})
 
     def keep_masks(self) -> dict[str, list[torch.Tensor | None]]:
-        """The target, reached from the masks the schedule has set so far (all of it for `"final"`)."""
-        return self.select(self.config.target_sparsity)
+        """The target, reached from the masks the schedule has set so far (all of it for `"final"`, refitting the
+        kept weights first with `reconstruct`)."""
+        return self.refit_final(self.select(self.config.target_sparsity))
+
+    def refit_final(self, masks: dict[str, list[torch.Tensor | None]]) -> dict[str, list[torch.Tensor | None]]:
+        """With `reconstruct`, apply the final `masks` now, refitting the kept weights of the projections that lose
+        units after the last event (the whole target for the `"final"` schedule); returns `masks`."""
+        if self.reconstruction is not None and self.reconstruction.collecting:
+            self.apply_masks(masks)
+            self.reconstruction.collecting = False  # refit once: finalize may ask again
+        return masks
+
+    def process_state(self) -> dict[str, Any] | None:
+        return None if self.reconstruction is None else {"reconstruction": self.reconstruction.state_dict()}
+
+    def load_process_state(self, state: dict[str, Any]) -> None:
+        if self.reconstruction is not None and "reconstruction" in state:
+            self.reconstruction.load_state_dict(state["reconstruction"])

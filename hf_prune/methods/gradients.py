@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import distributed as dist
 from torch import nn
 
 from ..constants import GATE_NAME, HEADS, NEURONS
+from ..distributed import all_reduce_sum
 from ..gates import UnitGate
 
 
@@ -198,14 +198,3 @@ class GateGradients:
     def set_capture(self, enabled: bool) -> None:
         for gate in self.gates:
             gate.capture = enabled
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum of `tensor` over processes (the tensor itself when there is one process)."""
-    if world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor

@@ -13,11 +13,11 @@ from torch import distributed as dist
 from torch import nn
 
 from ...constants import HEADS, NEURONS
-from ...distributed import reshard
+from ...distributed import reshard, world_size
 from ...gates import UnitGate
 from ...selection import select_to_sparsity, unit_costs_by_layer
 from ..base import StepContext, TargetMethod
-from ..gradients import GateGradients, GradientGate, world_size
+from ..gradients import GateGradients, GradientGate
 from ..search import SearchResult, preserved_modes, search_max_prune
 from .config import BingoConfig
 from .estimators import Estimate, Estimator, build_estimator
@@ -266,7 +266,7 @@ class BingoMethod(TargetMethod):
             max_sparsity=config.search_max_sparsity,
             select=lambda sparsity: self.select(sparsity, scores),
         )
-        return self.search_result.masks
+        return self.refit_final(self.search_result.masks)
 
     def metrics(self) -> dict[str, float]:
         stats = self.statistics
