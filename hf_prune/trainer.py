@@ -268,6 +268,33 @@ class PruningTrainer(Trainer):
             # gated checkpoints: the config plus what would be kept if the model were finalized now
             self.pruning_config.save_pretrained(output_dir, result=pruning_summary(self.pruned_model))
 
+    def _save_rng_state(self, output_dir: str) -> None:
+        # called on every process, like the RNG state: each process saves the method state it alone holds
+        super()._save_rng_state(output_dir)
+        if is_prepared(self.pruned_model):
+            state = get_pruning_state(self.pruned_model).method.process_state()
+            if state is not None:
+                os.makedirs(output_dir, exist_ok=True)
+                torch.save(state, self._process_state_file(output_dir))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None or not is_prepared(self.pruned_model):
+            return
+        path = self._process_state_file(checkpoint)
+        method = get_pruning_state(self.pruned_model).method
+        if os.path.exists(path):
+            method.load_process_state(torch.load(path, map_location="cpu", weights_only=True))
+        elif method.process_state() is not None:
+            logger.warning(
+                "%s is missing (the checkpoint was written by another number of processes?): the pruning method's "
+                "statistics since the last event start afresh, so the run does not resume exactly.",
+                path,
+            )
+
+    def _process_state_file(self, folder: str) -> str:
+        return os.path.join(folder, f"hf_prune_process_state_{self.args.process_index}.pt")
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if resume_from_checkpoint:
             self._check_checkpoint_config(resume_from_checkpoint)

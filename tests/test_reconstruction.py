@@ -1,0 +1,186 @@
+"""Least-squares reconstruction (`reconstruct=True`): at a pruning event the kept weights of every projection that
+loses units become the least-squares fit of its old output on the inputs collected since the previous event (checked
+against `torch.linalg.lstsq` on the same inputs, padding excluded); only training passes are collected; runs with it
+train, finalize and resume exactly. Processes and FSDP2 are covered in test_fsdp.py."""
+
+import pytest
+import torch
+from transformers.pytorch_utils import Conv1D
+
+import hf_prune
+from hf_prune import MagnitudeConfig, TaylorConfig
+from hf_prune.architectures import transformer_blocks
+from hf_prune.constants import HEADS, NEURONS
+from hf_prune.mapping import get_pruning_state
+
+from .test_resume import run as resumable_run
+from .tiny_models import FAMILY, build, counting_dataset, trainer_for
+
+
+DAMPING = 1e-9  # a ridge this small leaves the least-squares optimum unchanged at the tolerance below
+
+
+def prepared(family: str, **config):
+    torch.manual_seed(0)
+    model = build(FAMILY[family])
+    config = MagnitudeConfig(target_sparsity=0.4, reconstruct=True, reconstruct_damping=DAMPING, **config)
+    return hf_prune.prepare_model_for_pruning(model, config).train()
+
+
+def collect_inputs(model, batches, attention_masks=None) -> dict:
+    """Training forwards with gradients (what the statistics collect), and a copy of each gated projection's input
+    at its real tokens, as the reference."""
+    state = get_pruning_state(model)
+    seen, hooks = {}, []
+    for gated, block in zip(state.layers, transformer_blocks(model, state.spec)):
+        for kind, path in ((HEADS, state.spec.o), (NEURONS, state.spec.mlp_out)):
+            projection = block.get_submodule(path)
+
+            def keep(module, args, key=(kind, gated.index)):
+                seen.setdefault(key, []).append(args[0].detach().clone())
+
+            hooks.append(projection.register_forward_hook(lambda m, a, o, f=keep: f(m, a)))
+    for i, ids in enumerate(batches):
+        mask = None if attention_masks is None else attention_masks[i]
+        model(input_ids=ids, attention_mask=mask).logits.sum().backward()
+    for h in hooks:
+        h.remove()
+    result = {}
+    for key, tensors in seen.items():
+        rows = []
+        for i, x in enumerate(tensors):
+            if attention_masks is not None:
+                x = x[attention_masks[i].bool()]
+            rows.append(x.reshape(-1, x.shape[-1]).double())
+        result[key] = torch.cat(rows)
+    return result
+
+
+def weight_and_bias(projection) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weight = projection.weight.detach().double()
+    if isinstance(projection, Conv1D):
+        weight = weight.T
+    bias = None if getattr(projection, "bias", None) is None else projection.bias.detach().double()
+    return weight.clone(), None if bias is None else bias.clone()
+
+
+def removal(state, kind: str, fraction: float) -> dict:
+    """Keep-masks removing the first `fraction` of every layer's units of `kind`."""
+    masks = {HEADS: [None] * len(state.layers), NEURONS: [None] * len(state.layers)}
+    for i, gate in enumerate(state.gates(kind)):
+        keep = torch.ones(gate.num_units, dtype=torch.bool)
+        keep[: max(1, int(fraction * gate.num_units))] = False
+        masks[kind][i] = keep
+    return masks
+
+
+@pytest.mark.parametrize(
+    "family,kind",
+    [("llama", NEURONS), ("llama", HEADS), ("bert", NEURONS), ("bert", HEADS), ("gpt2", NEURONS)],
+    ids=["llama-neurons", "llama-kv-groups", "bert-neurons-bias", "bert-heads-bias", "gpt2-conv1d-bias"],
+)
+def test_refit_is_the_least_squares_fit_on_the_collected_inputs(family, kind):
+    model = prepared(family)
+    state = get_pruning_state(model)
+    batches = [torch.randint(3, 99, (4, 12), generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    padding = [torch.ones(4, 12, dtype=torch.long) for _ in batches]
+    padding[1][:, 9:] = 0  # padded positions must not count
+    inputs = collect_inputs(model, batches, padding if family != "gpt2" else None)
+    path = state.spec.o if kind == HEADS else state.spec.mlp_out
+    projections = [block.get_submodule(path) for block in transformer_blocks(model, state.spec)]
+    before = [weight_and_bias(p) for p in projections]
+    masks = removal(state, kind, 0.5)
+    state.method.apply_masks(masks)
+    for layer, (projection, (weight, bias)) in enumerate(zip(projections, before)):
+        x = inputs[(kind, layer)]
+        keep = masks[kind][layer].repeat_interleave(x.shape[1] // masks[kind][layer].numel())
+        target = x @ weight.T + (0 if bias is None else bias)  # the old output
+        design = x[:, keep] if bias is None else torch.cat([x[:, keep], torch.ones(len(x), 1).double()], dim=1)
+        optimum = target - design @ torch.linalg.lstsq(design, target).solution
+        new_weight, new_bias = weight_and_bias(projection)
+        refit = x[:, keep] @ new_weight[:, keep].T + (0 if bias is None else new_bias)
+        plain = x[:, keep] @ weight[:, keep].T + (0 if bias is None else bias)
+        # the refit reaches the least-squares optimum (the objective, not the coefficients: the inputs of a tiny
+        # random model are ill-conditioned, and the statistics are float32 sums), well below plain removal
+        excess = (refit - target).pow(2).sum() / optimum.pow(2).sum() - 1
+        assert abs(excess) < 1e-3, (layer, float(excess))
+        assert (refit - target).norm() < 0.9 * (plain - target).norm()
+        torch.testing.assert_close(new_weight[:, ~keep], weight[:, ~keep], rtol=0, atol=0)  # masked anyway
+        if bias is None:
+            assert new_bias is None
+    # collection starts afresh
+    assert all(t.moment is None for t in state.method.reconstruction.targets)
+
+
+def test_only_training_passes_are_collected():
+    model = prepared("llama")
+    reconstruction = get_pruning_state(model).method.reconstruction
+    ids = torch.randint(3, 99, (2, 8))
+    with torch.no_grad():
+        model(input_ids=ids)  # a no-grad probe or evaluation
+    model.eval()
+    model(input_ids=ids)  # eval mode
+    assert all(t.tokens == 0 for t in reconstruction.targets)
+    model.train()
+    model(input_ids=ids)
+    assert all(t.tokens == 16 for t in reconstruction.targets)
+
+
+def test_no_statistics_without_reconstruct():
+    model = build(FAMILY["llama"])
+    hf_prune.prepare_model_for_pruning(model, MagnitudeConfig(target_sparsity=0.4))
+    assert get_pruning_state(model).method.reconstruction is None
+
+
+def test_invalid_damping_is_refused():
+    with pytest.raises(ValueError, match="reconstruct_damping"):
+        TaylorConfig(reconstruct=True, reconstruct_damping=0.0)
+
+
+@pytest.mark.parametrize("schedule", ["cubic", "final"])
+def test_training_with_reconstruct_finalizes_to_the_gated_model(tmp_path, schedule):
+    """A Taylor run on the counting task: events refit the weights (the weights differ from a run without), the
+    statistics stop after `prune_end` ("final": one refit at finalize), and the finalized model computes what the gated
+    model computes."""
+    family = FAMILY["llama"]
+    config = dict(target_sparsity=0.5, schedule=schedule, kind_budget="proportional")
+    plain, refit = (
+        trainer_for(build(family), TaylorConfig(**config, reconstruct=flag), tmp_path / name, steps=10,
+                    args={"per_device_train_batch_size": 4}, train_dataset=counting_dataset(64))
+        for name, flag in (("plain", False), ("refit", True))
+    )  # fmt: skip
+    plain.train()
+    refit.train()
+    state = get_pruning_state(refit.model)
+    assert state.method.reconstruction.collecting == (schedule == "final")
+    ids = torch.arange(3, 19).reshape(2, 8)
+    refit.model.eval()
+    with torch.no_grad():
+        keep = state.method.keep_masks()  # the final rule (refits once for "final")
+        with hf_prune.mapping.masks_applied(state, keep):
+            gated = refit.model(input_ids=ids).logits
+    assert not state.method.reconstruction.collecting
+    pruned = refit.finalize(evaluate=False, measure_latency=False).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(input_ids=ids).logits, gated, rtol=1e-4, atol=1e-4)
+    plain_pruned = plain.finalize(evaluate=False, measure_latency=False)
+    assert hf_prune.pruning_summary(pruned)["sparsity"] == pytest.approx(
+        hf_prune.pruning_summary(plain_pruned)["sparsity"]
+    )
+    down = [layer.mlp.down_proj.weight for layer in pruned.model.layers]
+    down_plain = [layer.mlp.down_proj.weight for layer in plain_pruned.model.layers]
+    assert any(a.shape != b.shape or not torch.allclose(a, b) for a, b in zip(down, down_plain))
+
+
+def test_resume_continues_exactly_with_statistics_between_events(tmp_path):
+    """Events every 2 steps: checkpoint-3 holds one step of collected inputs, which the resumed run must get back."""
+    config = MagnitudeConfig(
+        target_sparsity=0.4, prune_start=0.0, prune_end=1.0, prune_interval=2, reconstruct=True, method_seed=3
+    )
+    full = resumable_run(tmp_path, "full", config)
+    saved = tmp_path / "full" / "checkpoint-3" / "hf_prune_process_state_0.pt"
+    assert saved.exists()
+    assert any(m is not None for m in torch.load(saved)["reconstruction"]["moments"])
+    resumed = resumable_run(tmp_path, "resumed", config, resume=str(tmp_path / "full" / "checkpoint-3"))
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
