@@ -85,8 +85,18 @@ def test_finalized_sharded_model_saves_and_reloads(report, family, method):
     torch.testing.assert_close(logits, sharded["final_logits"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family,method", [("llama", "magnitude"), ("llama", "taylor"), ("qwen2", "magnitude")])
+@pytest.mark.parametrize(
+    "family,method",
+    [("llama", "magnitude"), ("llama", "taylor"), ("llama", "taylor+reconstruct"), ("qwen2", "magnitude")],
+)
 def test_sharded_training_matches_one_process(report, family, method):
     """The same steps on one process with the whole batch (methods without per-process randomness)."""
     single = run(family, method, "single", {})
     assert_same_pruned_model(finished(report, f"{family}/{method}/fsdp"), single, f"{family}/{method}")
+
+
+def test_reconstruct_refits_the_sharded_weights(report):
+    """The refit ran on the sharded model (its weights moved away from the run without it)."""
+    refit = finished(report, "llama/taylor+reconstruct/fsdp")["state_dict"]
+    plain = finished(report, "llama/taylor/fsdp")["state_dict"]
+    assert any(refit[k].shape != v.shape or not torch.equal(refit[k], v) for k, v in plain.items() if "down_proj" in k)
