@@ -152,14 +152,17 @@ def test_training_with_reconstruct_finalizes_to_the_gated_model(tmp_path, schedu
     plain.train()
     refit.train()
     state = get_pruning_state(refit.model)
-    assert state.method.reconstruction.collecting == (schedule == "final")
+    assert not state.method.reconstruction.collecting  # nothing after the last event (or after max_steps)
+    first, last = state.method.collection_steps(10)
+    assert (first, last) == ((2, 7) if schedule == "cubic" else (9, 10))
+    assert any(t.tokens for t in state.method.reconstruction.targets) == (schedule == "final")
     ids = torch.arange(3, 19).reshape(2, 8)
     refit.model.eval()
     with torch.no_grad():
         keep = state.method.keep_masks()  # the final rule (refits once for "final")
         with hf_prune.mapping.masks_applied(state, keep):
             gated = refit.model(input_ids=ids).logits
-    assert not state.method.reconstruction.collecting
+    assert not any(t.tokens for t in state.method.reconstruction.targets)  # refit and reset
     pruned = refit.finalize(evaluate=False, measure_latency=False).eval()
     with torch.no_grad():
         torch.testing.assert_close(pruned(input_ids=ids).logits, gated, rtol=1e-4, atol=1e-4)

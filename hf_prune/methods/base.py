@@ -127,6 +127,7 @@ class TargetMethod(PruningMethod):
 
     config: TargetConfig
     reconstruction: Reconstruction | None = None
+    _refitted_final = False
 
     def attach(self, model: nn.Module, state: PruningState) -> None:
         super().attach(model, state)
@@ -157,13 +158,32 @@ class TargetMethod(PruningMethod):
         progress = (step - start) / (end - start)
         return config.target_sparsity * (1.0 - (1.0 - progress) ** 3)
 
+    def collection_steps(self, max_steps: int) -> tuple[int, int]:
+        """With `reconstruct`: the inputs of the micro-batches of optimizer steps `first + 1 ... last` are collected
+        (from `prune_start` to the last event for `"cubic"`; for `"one_shot"` and `"final"` the `prune_interval` steps
+        before the event, by default the last tenth of the steps before it)."""
+        config = self.config
+        end = max(1, round(config.prune_end * max_steps))
+        if config.schedule == "cubic":
+            return min(round(config.prune_start * max_steps), end - 1), end
+        last = max_steps if config.schedule == "final" else end
+        return max(0, last - (config.prune_interval or max(1, max_steps // 10))), last
+
+    def on_train_begin(self, max_steps: int, steps_per_epoch: int) -> None:
+        super().on_train_begin(max_steps, steps_per_epoch)
+        self._collect_after(0, max_steps)
+
     def on_optimizer_step(self, global_step: int, max_steps: int) -> None:
         sparsity = self.scheduled_sparsity(global_step, max_steps)
         if sparsity is not None:
             self.apply_masks(self.select(sparsity))
-        if self.reconstruction is not None and self.config.schedule != "final":
-            # no event after prune_end: stop paying for the input statistics
-            self.reconstruction.collecting = global_step < round(self.config.prune_end * max_steps)
+        self._collect_after(global_step, max_steps)
+
+    def _collect_after(self, global_step: int, max_steps: int) -> None:
+        # the statistics cost a d_in x d_in product per micro-batch: only the steps that an event will use
+        if self.reconstruction is not None:
+            first, last = self.collection_steps(max_steps)
+            self.reconstruction.collecting = first <= global_step < last
 
     @torch.no_grad()
     def apply_masks(self, masks: dict[str, list[torch.Tensor | None]]) -> None:
@@ -185,11 +205,11 @@ class TargetMethod(PruningMethod):
         return self.refit_final(self.select(self.config.target_sparsity))
 
     def refit_final(self, masks: dict[str, list[torch.Tensor | None]]) -> dict[str, list[torch.Tensor | None]]:
-        """With `reconstruct`, apply the final `masks` now, refitting the kept weights of the projections that lose
-        units after the last event (the whole target for the `"final"` schedule); returns `masks`."""
-        if self.reconstruction is not None and self.reconstruction.collecting:
+        """With `reconstruct` and the `"final"` schedule, apply the final `masks` now, refitting the kept weights of
+        the projections that lose units; returns `masks`. (The other schedules refit at their events.)"""
+        if self.reconstruction is not None and self.config.schedule == "final" and not self._refitted_final:
             self.apply_masks(masks)
-            self.reconstruction.collecting = False  # refit once: finalize may ask again
+            self._refitted_final = True  # once: the rule may be asked again
         return masks
 
     def process_state(self) -> dict[str, Any] | None:
