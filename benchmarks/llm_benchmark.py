@@ -60,6 +60,9 @@ VARIANTS = {
     "taylor_proportional_fisher": Variant("taylor", pruning={"kind_budget": "proportional", "criterion": "fisher"}),
     # least-squares refit of the kept weights at every pruning event (`reconstruct=True`)
     "taylor_proportional_reconstruct": Variant("taylor", pruning={"kind_budget": "proportional", "reconstruct": True}),
+    "taylor_proportional_general_reconstruct": Variant(
+        "taylor", pruning={"kind_budget": "proportional", "reconstruct": True}, data=GENERAL_TEXT
+    ),
     # twice the optimizer steps (the schedule's fractions are the same, so 72 recovery steps instead of 36)
     "dense_long": Variant("dense", training={"max_steps": 240}),
     "taylor_proportional_long": Variant(
@@ -97,6 +100,8 @@ TITLES = {
     '(`criterion="fisher"`)',
     "taylor_proportional_reconstruct": "Taylor, each kind the target share, kept weights refit by least squares at "
     "every pruning event (`reconstruct=True`)",
+    "taylor_proportional_general_reconstruct": "Taylor, each kind the target share, kept weights refit by least "
+    "squares, tweets + 25 % Wikipedia blocks (vs the dense model fine-tuned on the same mix)",
     "taylor_proportional_long": "Taylor, each kind the target share, twice the steps (240; vs the dense model "
     "fine-tuned as long)",
     "taylor_proportional_general": "Taylor, each kind the target share, tweets + 25 % Wikipedia blocks (vs the dense "
