@@ -60,6 +60,9 @@ VARIANTS = {
     "taylor_proportional_fisher": Variant("taylor", pruning={"kind_budget": "proportional", "criterion": "fisher"}),
     # least-squares refit of the kept weights at every pruning event (`reconstruct=True`)
     "taylor_proportional_reconstruct": Variant("taylor", pruning={"kind_budget": "proportional", "reconstruct": True}),
+    "taylor_proportional_reconstruct_ridge": Variant(
+        "taylor", pruning={"kind_budget": "proportional", "reconstruct": True, "reconstruct_damping": 1.0}
+    ),
     "taylor_proportional_general_reconstruct": Variant(
         "taylor", pruning={"kind_budget": "proportional", "reconstruct": True}, data=GENERAL_TEXT
     ),
@@ -100,6 +103,8 @@ TITLES = {
     '(`criterion="fisher"`)',
     "taylor_proportional_reconstruct": "Taylor, each kind the target share, kept weights refit by least squares at "
     "every pruning event (`reconstruct=True`)",
+    "taylor_proportional_reconstruct_ridge": "Taylor, each kind the target share, kept weights refit by least squares "
+    "with a 100x heavier ridge (`reconstruct_damping=1.0`)",
     "taylor_proportional_general_reconstruct": "Taylor, each kind the target share, kept weights refit by least "
     "squares, tweets + 25 % Wikipedia blocks (vs the dense model fine-tuned on the same mix)",
     "taylor_proportional_long": "Taylor, each kind the target share, twice the steps (240; vs the dense model "
