@@ -40,6 +40,7 @@ from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data
 
 
 GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.25}
+REFIT = {"kind_budget": "proportional", "reconstruct": True}  # the ridge is set in each row
 VARIANTS = {
     "taylor_kd": Variant("taylor", distillation_weight=0.5),
     "taylor_uniform": Variant("taylor", pruning={"uniform_layers": True, "neuron_multiple": 64}),
@@ -59,17 +60,26 @@ VARIANTS = {
     "taylor_proportional_general": Variant("taylor", pruning={"kind_budget": "proportional"}, data=GENERAL_TEXT),
     "taylor_proportional_fisher": Variant("taylor", pruning={"kind_budget": "proportional", "criterion": "fisher"}),
     # least-squares refit of the kept weights at every pruning event (`reconstruct=True`)
-    "taylor_proportional_reconstruct": Variant("taylor", pruning={"kind_budget": "proportional", "reconstruct": True}),
-    "taylor_proportional_reconstruct_ridge": Variant(
-        "taylor", pruning={"kind_budget": "proportional", "reconstruct": True, "reconstruct_damping": 1.0}
-    ),
+    "taylor_proportional_reconstruct": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 0.01}),
+    "taylor_proportional_reconstruct_ridge": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 1.0}),
+    "taylor_proportional_reconstruct_ridge10": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 10.0}),
     "taylor_proportional_general_reconstruct": Variant(
-        "taylor", pruning={"kind_budget": "proportional", "reconstruct": True}, data=GENERAL_TEXT
+        "taylor", pruning={**REFIT, "reconstruct_damping": 0.01}, data=GENERAL_TEXT
     ),
     # twice the optimizer steps (the schedule's fractions are the same, so 72 recovery steps instead of 36)
     "dense_long": Variant("dense", training={"max_steps": 240}),
     "taylor_proportional_long": Variant(
         "taylor", pruning={"kind_budget": "proportional"}, training={"max_steps": 240}
+    ),
+    # the in-domain levers together: twice the steps, the refit, distillation from the dense model fine-tuned as long
+    "taylor_proportional_long_reconstruct": Variant(
+        "taylor", pruning={"kind_budget": "proportional", "reconstruct": True}, training={"max_steps": 240}
+    ),
+    "taylor_proportional_long_reconstruct_kd": Variant(
+        "taylor",
+        pruning={"kind_budget": "proportional", "reconstruct": True},
+        training={"max_steps": 240},
+        distillation_weight=0.5,
     ),
 }
 METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs", *VARIANTS)
@@ -102,13 +112,17 @@ TITLES = {
     "taylor_proportional_fisher": "Taylor, each kind the target share, ranked by the gate's empirical Fisher "
     '(`criterion="fisher"`)',
     "taylor_proportional_reconstruct": "Taylor, each kind the target share, kept weights refit by least squares at "
-    "every pruning event (`reconstruct=True`)",
-    "taylor_proportional_reconstruct_ridge": "Taylor, each kind the target share, kept weights refit by least squares "
-    "with a 100x heavier ridge (`reconstruct_damping=1.0`)",
-    "taylor_proportional_general_reconstruct": "Taylor, each kind the target share, kept weights refit by least "
-    "squares, tweets + 25 % Wikipedia blocks (vs the dense model fine-tuned on the same mix)",
+    "every pruning event (`reconstruct=True`), ridge 0.01",
+    "taylor_proportional_reconstruct_ridge": "Taylor, each kind the target share, kept weights refit, ridge 1",
+    "taylor_proportional_reconstruct_ridge10": "Taylor, each kind the target share, kept weights refit, ridge 10",
+    "taylor_proportional_general_reconstruct": "Taylor, each kind the target share, kept weights refit (ridge 0.01), "
+    "tweets + 25 % Wikipedia blocks (vs the dense model fine-tuned on the same mix)",
     "taylor_proportional_long": "Taylor, each kind the target share, twice the steps (240; vs the dense model "
     "fine-tuned as long)",
+    "taylor_proportional_long_reconstruct": "Taylor, each kind the target share, kept weights refit by least squares, "
+    "twice the steps (240; vs the dense model fine-tuned as long)",
+    "taylor_proportional_long_reconstruct_kd": "Taylor, each kind the target share, kept weights refit, twice the "
+    "steps, + distillation from the dense model fine-tuned as long (α 0.5)",
     "taylor_proportional_general": "Taylor, each kind the target share, tweets + 25 % Wikipedia blocks (vs the dense "
     "model fine-tuned on the same mix)",
 }
