@@ -73,13 +73,13 @@ VARIANTS = {
     ),
     # the in-domain levers together: twice the steps, the refit, distillation from the dense model fine-tuned as long
     "taylor_proportional_long_reconstruct": Variant(
-        "taylor", pruning={"kind_budget": "proportional", "reconstruct": True}, training={"max_steps": 240}
+        "taylor", pruning={**REFIT, "reconstruct_damping": 1.0}, training={"max_steps": 240}
+    ),
+    "taylor_proportional_long_reconstruct_fisher": Variant(
+        "taylor", pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"}, training={"max_steps": 240}
     ),
     "taylor_proportional_long_reconstruct_kd": Variant(
-        "taylor",
-        pruning={"kind_budget": "proportional", "reconstruct": True},
-        training={"max_steps": 240},
-        distillation_weight=0.5,
+        "taylor", pruning={**REFIT, "reconstruct_damping": 1.0}, training={"max_steps": 240}, distillation_weight=0.5
     ),
 }
 METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs", *VARIANTS)
@@ -119,10 +119,12 @@ TITLES = {
     "tweets + 25 % Wikipedia blocks (vs the dense model fine-tuned on the same mix)",
     "taylor_proportional_long": "Taylor, each kind the target share, twice the steps (240; vs the dense model "
     "fine-tuned as long)",
-    "taylor_proportional_long_reconstruct": "Taylor, each kind the target share, kept weights refit by least squares, "
-    "twice the steps (240; vs the dense model fine-tuned as long)",
-    "taylor_proportional_long_reconstruct_kd": "Taylor, each kind the target share, kept weights refit, twice the "
-    "steps, + distillation from the dense model fine-tuned as long (α 0.5)",
+    "taylor_proportional_long_reconstruct": "Taylor, each kind the target share, kept weights refit (ridge 1), twice "
+    "the steps (240; vs the dense model fine-tuned as long)",
+    "taylor_proportional_long_reconstruct_fisher": "Taylor, each kind the target share, ranked by the gate's Fisher, "
+    "kept weights refit (ridge 1), twice the steps (240; vs the dense model fine-tuned as long)",
+    "taylor_proportional_long_reconstruct_kd": "Taylor, each kind the target share, kept weights refit (ridge 1), "
+    "twice the steps, + distillation from the dense model fine-tuned as long (α 0.5)",
     "taylor_proportional_general": "Taylor, each kind the target share, tweets + 25 % Wikipedia blocks (vs the dense "
     "model fine-tuned on the same mix)",
 }

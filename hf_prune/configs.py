@@ -140,8 +140,9 @@ class TargetConfig(PruningConfig):
             that loses units by least squares, so that its output on the training inputs seen since the previous
             event changes as little as possible (`hf_prune.reconstruction`; costs `d_in²` floats per gated
             projection). The shapes stay stock.
-        reconstruct_damping (`float`, defaults to `0.01`): ridge added to the least-squares system, as a fraction of
-            the mean input energy of the kept columns.
+        reconstruct_damping (`float`, defaults to `1.0`): ridge added to the least-squares system, as a multiple of
+            the mean input energy of the kept columns; it pulls the refit towards the current weights (on SmolLM2, 1
+            did better than 0.01 and 10, in domain and out of domain).
     """
 
     target_sparsity: float = field(default=0.5, metadata={"help": "Fraction of prunable parameters to remove."})
@@ -161,7 +162,7 @@ class TargetConfig(PruningConfig):
         default=False, metadata={"help": "Refit the kept weights by least squares at each pruning event."}
     )
     reconstruct_damping: float = field(
-        default=0.01, metadata={"help": "Ridge of the least-squares refit, relative to the mean input energy."}
+        default=1.0, metadata={"help": "Ridge of the least-squares refit, relative to the mean input energy."}
     )
 
     def __post_init__(self):

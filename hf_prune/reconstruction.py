@@ -54,7 +54,7 @@ class Reconstruction:
     units are removed (see the module docstring). Methods that remove units during training create one in `attach`
     and call `update` with the keep-masks before and after each pruning event."""
 
-    def __init__(self, model: nn.Module, state: PruningState, damping: float = 0.01):
+    def __init__(self, model: nn.Module, state: PruningState, damping: float = 1.0):
         self.damping = damping
         self.collecting = True
         self.targets: list[_Target] = []
