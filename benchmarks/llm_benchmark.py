@@ -63,6 +63,17 @@ VARIANTS = {
     "taylor_proportional_reconstruct": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 0.01}),
     "taylor_proportional_reconstruct_ridge": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 1.0}),
     "taylor_proportional_reconstruct_ridge10": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 10.0}),
+    # the example's default (neurons only, the same count in every layer: a stock export), with the refit
+    "taylor_neurons_uniform_reconstruct": Variant(
+        "taylor",
+        pruning={
+            "prune_heads": False,
+            "uniform_layers": True,
+            "neuron_multiple": 64,
+            "reconstruct": True,
+            "reconstruct_damping": 1.0,
+        },
+    ),
     "taylor_proportional_general_reconstruct": Variant(
         "taylor", pruning={**REFIT, "reconstruct_damping": 0.01}, data=GENERAL_TEXT
     ),
@@ -115,6 +126,8 @@ TITLES = {
     "every pruning event (`reconstruct=True`), ridge 0.01",
     "taylor_proportional_reconstruct_ridge": "Taylor, each kind the target share, kept weights refit, ridge 1",
     "taylor_proportional_reconstruct_ridge10": "Taylor, each kind the target share, kept weights refit, ridge 10",
+    "taylor_neurons_uniform_reconstruct": "Taylor, MLP neurons only, every layer the same count (a multiple of 64), "
+    "kept weights refit (ridge 1)",
     "taylor_proportional_general_reconstruct": "Taylor, each kind the target share, kept weights refit (ridge 0.01), "
     "tweets + 25 % Wikipedia blocks (vs the dense model fine-tuned on the same mix)",
     "taylor_proportional_long": "Taylor, each kind the target share, twice the steps (240; vs the dense model "
