@@ -92,6 +92,12 @@ VARIANTS = {
     "taylor_proportional_long_reconstruct_kd": Variant(
         "taylor", pruning={**REFIT, "reconstruct_damping": 1.0}, training={"max_steps": 240}, distillation_weight=0.5
     ),
+    "taylor_proportional_long_reconstruct_fisher_kd": Variant(
+        "taylor",
+        pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"},
+        training={"max_steps": 240},
+        distillation_weight=0.5,
+    ),
 }
 METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs", *VARIANTS)
 CRITERIA = (
@@ -138,6 +144,9 @@ TITLES = {
     "kept weights refit (ridge 1), twice the steps (240; vs the dense model fine-tuned as long)",
     "taylor_proportional_long_reconstruct_kd": "Taylor, each kind the target share, kept weights refit (ridge 1), "
     "twice the steps, + distillation from the dense model fine-tuned as long (α 0.5)",
+    "taylor_proportional_long_reconstruct_fisher_kd": "Taylor, each kind the target share, ranked by the gate's "
+    "Fisher, kept weights refit (ridge 1), twice the steps, + distillation from the dense model fine-tuned as long "
+    "(α 0.5)",
     "taylor_proportional_general": "Taylor, each kind the target share, tweets + 25 % Wikipedia blocks (vs the dense "
     "model fine-tuned on the same mix)",
 }
