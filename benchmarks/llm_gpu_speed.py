@@ -46,6 +46,7 @@ SMOLLM2_135M = {
     "eos_token_id": 2,
     "pad_token_id": 2,
 }
+KINDS = ("prefill_tokens_per_s", "decode_tokens_per_s")  # the measured columns, in table order
 ROWS = (  # the best rows at each sparsity, the example's uniform form, the peer
     "taylor_proportional_long_reconstruct@0.2",
     "taylor_proportional_long_reconstruct@0.4",
@@ -115,7 +116,7 @@ def measure(args: argparse.Namespace) -> dict:
                 new_tokens=args.new_tokens,
                 repeats=args.repeats,
                 warmup=2,
-            )  # fmt: skip
+            )
             for b in args.batch_sizes
         }
 
@@ -131,7 +132,8 @@ def measure(args: argparse.Namespace) -> dict:
         }
         print(row_id(row), json.dumps(results["models"][row_id(row)]["speed"]), flush=True)
         del model
-        torch.cuda.empty_cache() if device.type == "cuda" else None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     results["models"]["dense (last)"] = {"parameters": dense.num_parameters(), "speed": tokens_per_s(dense)}
     return results
 
@@ -143,7 +145,7 @@ def markdown(results: dict) -> str:
         b: {k: (models["dense (first)"]["speed"][b][k] + models["dense (last)"]["speed"][b][k]) / 2 for k in KINDS}
         for b in batches
     }
-    header = [f"{kind} tok/s, batch {b.split('_')[1]}" for kind in ("prefill", "decode") for b in batches]
+    header = [f"{kind.split('_')[0]} tok/s, batch {b.split('_')[1]}" for kind in KINDS for b in batches]
     lines = [
         "## Decoder LLM on a GPU: tokens/s of the pruned SmolLM2 shapes",
         "",
@@ -182,9 +184,6 @@ def markdown(results: dict) -> str:
         f"Raw numbers: `benchmarks/results/{Path(settings['results']).name}`. {results['environment']}.",
     ]
     return "\n".join(lines)
-
-
-KINDS = ("prefill_tokens_per_s", "decode_tokens_per_s")
 
 
 def main(argv: list[str] | None = None) -> None:
