@@ -59,6 +59,8 @@ class Reconstruction:
         self.collecting = True
         self.targets: list[_Target] = []
         self._attention_mask: torch.Tensor | None = None
+        self._training_pass = False  # the current model call trains (grad enabled, train mode)
+        self._collected: set[int] = set()  # targets already collected in the current model call
         for gated, block in zip(state.layers, transformer_blocks(model, state.spec)):
             for kind, gate, path in (
                 (HEADS, gated.head_gate, state.spec.o),
@@ -69,17 +71,24 @@ class Reconstruction:
                     self.targets.append(target)
                     # registered after the gate's own pre-hook, so it sees the gated input
                     state.hooks.append(target.projection.register_forward_pre_hook(self._collector(target)))
-        state.hooks.append(model.register_forward_pre_hook(self._find_padding, with_kwargs=True))
+        state.hooks.append(model.register_forward_pre_hook(self._start_pass, with_kwargs=True))
 
     # -- collecting ------------------------------------------------------------------------------------------------
-    def _find_padding(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _start_pass(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """At each call of the model: whether it trains, and where its padding is."""
         mask = kwargs.get("attention_mask")
         self._attention_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        # only training passes count: not evaluation, generation, or a method's no-grad probes
+        self._training_pass = module.training and torch.is_grad_enabled()
+        self._collected.clear()
 
     def _collector(self, target: _Target):
         def collect(module: nn.Module, args: tuple) -> None:
-            if not (self.collecting and module.training and torch.is_grad_enabled()):
-                return  # only the training passes: not evaluation, generation, or a method's no-grad probes
+            # once per model call: under activation checkpointing a projection also runs again in the backward pass
+            # (or first under no_grad, with use_reentrant=True), on the same input
+            if not (self.collecting and self._training_pass) or id(target) in self._collected:
+                return
+            self._collected.add(id(target))
             x = args[0].detach()
             mask = self._attention_mask
             if mask is not None and tuple(mask.shape) == tuple(x.shape[:2]):

@@ -126,6 +126,24 @@ def test_only_training_passes_are_collected():
     assert all(t.tokens == 16 for t in reconstruction.targets)
 
 
+@pytest.mark.parametrize("reentrant", [False, True], ids=["checkpointing", "checkpointing-reentrant"])
+def test_activation_checkpointing_collects_each_token_once(reentrant):
+    """Checkpointed layers run their projections twice per step (again in the backward pass; with `use_reentrant`
+    first under no_grad): the statistics are those of a plain step."""
+    ids = torch.randint(3, 99, (2, 8), generator=torch.Generator().manual_seed(0))
+    moments = []
+    for checkpointing in (False, True):
+        model = prepared("llama")
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": reentrant})
+        model(input_ids=ids, labels=ids).loss.backward()
+        targets = get_pruning_state(model).method.reconstruction.targets
+        assert all(t.tokens == 16 for t in targets)
+        moments.append([t.moment for t in targets])
+    for plain, checkpointed in zip(*moments):
+        torch.testing.assert_close(checkpointed, plain)
+
+
 def test_no_statistics_without_reconstruct():
     model = build(FAMILY["llama"])
     hf_prune.prepare_model_for_pruning(model, MagnitudeConfig(target_sparsity=0.4))

@@ -77,6 +77,25 @@ def test_gate_gradients_match_finite_differences():
         assert float(gate.grad_weight) == 1.0
 
 
+@pytest.mark.parametrize("reentrant", [False, True], ids=["checkpointing", "checkpointing-reentrant"])
+def test_activation_checkpointing_records_the_same_gradients(reentrant):
+    """Checkpointed layers run their projections again in the backward pass: each gradient is still recorded once."""
+    ids = torch.randint(3, 99, (2, 8), generator=torch.Generator().manual_seed(0))
+    captured = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build(FAMILY["llama"])
+        hf_prune.prepare_model_for_pruning(model, TaylorConfig(target_sparsity=0.4, criterion="fisher")).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": reentrant})
+        model(input_ids=ids, labels=ids).loss.backward()
+        state = get_pruning_state(model)
+        captured.append([g.take_captured() for kind in (HEADS, NEURONS) for g in state.gates(kind)])
+    for plain, checkpointed in zip(*captured):
+        for a, b in zip(plain, checkpointed):
+            torch.testing.assert_close(b, a)
+
+
 def test_scores_need_training():
     model = build(FAMILY["bert"])
     hf_prune.prepare_model_for_pruning(model, TaylorConfig())
