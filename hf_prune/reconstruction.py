@@ -267,9 +267,12 @@ def _unrecoverable_share(
         return matrix[:span, :span].reshape(live, width, live, width).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
 
     w = weight.double()[:, alive.to(device).repeat_interleave(width)].reshape(-1, live, width).transpose(0, 1)
-    kept_error = ((w @ torch.linalg.inv(blocks(inverse))) * w).sum(dim=(1, 2))
+    # tr(W_S B^-1 W_Sᵀ) with B = (H + λI)^-1_SS, through B's Cholesky factor (B is positive definite)
+    block_factor, block_info = torch.linalg.cholesky_ex(blocks(inverse))
+    kept_error = (torch.cholesky_solve(w.transpose(1, 2), block_factor).transpose(1, 2) * w).sum(dim=(1, 2))
     removal_error = ((w @ blocks(h)) * w).sum(dim=(1, 2))
-    ratio = torch.where(removal_error > 0, kept_error / removal_error, torch.ones_like(kept_error))
+    usable = (block_info == 0) & (removal_error > 0) & torch.isfinite(kept_error)
+    ratio = torch.where(usable, kept_error / removal_error.clamp_min(torch.finfo(torch.float64).tiny), 1.0)
     shares = torch.zeros(units)
     shares[alive] = ratio.clamp(0.0, 1.0).float().cpu()
     return shares
