@@ -334,17 +334,31 @@ def same_shapes(dense: torch.nn.Module, row: dict) -> torch.nn.Module:
     return model.eval()
 
 
+MAX_DENSE_DRIFT = 0.10  # a pair is kept only if the dense model measured before and after agrees this well
+
+
 def measure_speed(rows: list[dict], lm_args: CausalLMArguments, speed_file: Path) -> None:
-    """Tokens/s of every recorded row's shapes, each against the dense model measured just before it: a pair, so slow
-    drift of a shared machine cancels in the ratio. Each pair is written as it finishes and measured rows are
-    skipped, so the column can be filled over several calls (run on an idle machine)."""
+    """Tokens/s of every recorded row's shapes, each between two measurements of the dense model: a pair is kept
+    (against the mean of the two) only when they agree within `MAX_DENSE_DRIFT`, so a machine that got busy in
+    between leaves the row to a later call instead of a wrong ratio. Each pair is written as it finishes and measured
+    rows are skipped, so the column can be filled over several calls (run on an idle machine)."""
     speeds = read_speeds(speed_file)
     dense, _ = load_causal_lm(lm_args)
     for row in rows:
         if is_dense(row) or row_id(row) in speeds:
             continue
-        speeds[row_id(row)] = {"dense": speed(dense, lm_args), "pruned": speed(same_shapes(dense, row), lm_args)}
-        print(row_id(row), json.dumps(speeds[row_id(row)]["pruned"]), flush=True)
+        before = speed(dense, lm_args)
+        pruned = speed(same_shapes(dense, row), lm_args)
+        after = speed(dense, lm_args)
+        drift = max(abs(after[b][k] / before[b][k] - 1) for b in before for k in before[b])
+        if drift > MAX_DENSE_DRIFT:
+            print(
+                f"{row_id(row)}: not recorded, the dense model drifted {drift:.0%} (is the machine idle?)", flush=True
+            )
+            continue
+        mean = {b: {k: (before[b][k] + after[b][k]) / 2 for k in before[b]} for b in before}
+        speeds[row_id(row)] = {"dense": mean, "pruned": pruned, "dense_drift": drift}
+        print(row_id(row), f"dense drift {drift:.1%}", json.dumps(pruned), flush=True)
         tmp = speed_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(speeds, indent=2) + "\n")
         os.replace(tmp, speed_file)
@@ -422,8 +436,9 @@ def markdown(args, by_seed: dict[int, list[dict]], raw_ref: str, speeds: dict[st
         f"tokens of the news articles of the gensim wheel (out of domain), {args.eval_window}-token windows; "
         "Tokens/s: greedy decoding of 32 tokens after a 64-token prompt and the prefill of that prompt (median of "
         "5), measured by `--measure_speed` on the idle machine for every row's shapes, each right after the dense "
-        f"model (the ratio is to that pair's dense model; the dense row shows the mean of the pairs). Seed {args.seed}; "
-        "rows repeated with other seeds are listed below the targets.",
+        "model (the ratio is to that pair's dense model; the dense row shows the mean of the pairs; newer pairs also "
+        f"measure the dense model after the row and are kept only if the two agree within {MAX_DENSE_DRIFT:.0%}). "
+        f"Seed {args.seed}; rows repeated with other seeds are listed below the targets.",
         "",
         "| method | target | removed | parameters | perplexity, tweets (vs dense) | perplexity, news (vs dense) | "
         "decode tok/s, batch 1 | decode tok/s, batch 8 | prefill tok/s, batch 8 | training |",
