@@ -30,7 +30,7 @@ from tiny_models import FAMILY, build, method_config  # noqa: E402
 STEPS, BATCH, LENGTH, SEED = 6, 8, 8, 0
 NUM_LIKELIHOOD_TERMS = 512.0  # BMRS's KL divides by the training set's size in label tokens
 METHODS = ("magnitude", "taylor", "random", "bingo", "bmrs")
-RUNS = [("llama", method) for method in (*METHODS, "taylor+reconstruct")] + [
+RUNS = [("llama", method) for method in (*METHODS, "taylor+reconstruct", "taylor+refit_aware")] + [
     ("qwen2", method) for method in ("magnitude", "bingo", "bmrs")
 ]
 
@@ -38,10 +38,11 @@ RUNS = [("llama", method) for method in (*METHODS, "taylor+reconstruct")] + [
 def pruning_config(method: str):
     """The method's config for a 6-step run: target methods tighten their masks on the cubic schedule (steps 2-4);
     BINGO probes every step; BMRS decides every 2 steps. `"<method>+reconstruct"` also refits the kept weights at each
-    event (the input statistics are summed across processes, and the refit writes the shards)."""
+    event (the input statistics are summed across processes, and the refit writes the shards); `"+refit_aware"` also
+    ranks by what the refit cannot restore (from the summed statistics and the gathered weights)."""
     method, _, extra = method.partition("+")
-    if extra == "reconstruct":
-        return method_config(method, 0.3, schedule="cubic", reconstruct=True)
+    if extra in ("reconstruct", "refit_aware"):
+        return method_config(method, 0.3, schedule="cubic", **{"reconstruct": True, extra: True})
     if method == "bmrs":
         return method_config(method, pruning_interval=2)
     extra = {"probe_interval": 1} if method == "bingo" else {}

@@ -87,7 +87,13 @@ def test_finalized_sharded_model_saves_and_reloads(report, family, method):
 
 @pytest.mark.parametrize(
     "family,method",
-    [("llama", "magnitude"), ("llama", "taylor"), ("llama", "taylor+reconstruct"), ("qwen2", "magnitude")],
+    [
+        ("llama", "magnitude"),
+        ("llama", "taylor"),
+        ("llama", "taylor+reconstruct"),
+        ("llama", "taylor+refit_aware"),
+        ("qwen2", "magnitude"),
+    ],
 )
 def test_sharded_training_matches_one_process(report, family, method):
     """The same steps on one process with the whole batch (methods without per-process randomness)."""
