@@ -486,12 +486,12 @@ def seed_changes(by_seed: dict[int, list[dict]], method: str, target: float | No
 
 
 def _seeds_text(changes: dict[int, float]) -> str:
-    """`+9.9 %`, or with several seeds `+10.1 % (mean of seeds 0, 1: +9.9, +10.3)`."""
+    """`+9.9 %`, or with several seeds `+9.88 % (mean of seeds 0, 1: +10.00, +9.76)`."""
     mean = sum(changes.values()) / len(changes)
     if len(changes) == 1:
         return f"{100 * mean:+.1f} %"
-    each = ", ".join(f"{100 * c:+.1f}" for c in changes.values())
-    return f"{100 * mean:+.1f} % (mean of seeds {', '.join(map(str, changes))}: {each})"
+    each = ", ".join(f"{100 * c:+.2f}" for c in changes.values())
+    return f"{100 * mean:+.2f} % (mean of seeds {', '.join(map(str, changes))}: {each})"
 
 
 def targets(by_seed: dict[int, list[dict]], seed: int) -> list[str]:
