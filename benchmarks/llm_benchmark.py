@@ -102,6 +102,12 @@ VARIANTS = {
         training={"max_steps": 240},
         distillation_weight=0.5,
     ),
+    "taylor_proportional_long_reconstruct_refit_aware_kd": Variant(
+        "taylor",
+        pruning={**REFIT, "reconstruct_damping": 1.0, "refit_aware": True},
+        training={"max_steps": 240},
+        distillation_weight=0.5,
+    ),
 }
 METHODS = ("dense", "bingo", "magnitude", "taylor", "torch_pruning_llm", "bmrs", *VARIANTS)
 CRITERIA = (
@@ -153,6 +159,9 @@ TITLES = {
     "taylor_proportional_long_reconstruct_fisher_kd": "Taylor, each kind the target share, ranked by the gate's "
     "Fisher, kept weights refit (ridge 1), twice the steps, + distillation from the dense model fine-tuned as long "
     "(α 0.5)",
+    "taylor_proportional_long_reconstruct_refit_aware_kd": "Taylor, each kind the target share, kept weights refit "
+    "(ridge 1), ranked by the cost left after the refit, twice the steps, + distillation from the dense model "
+    "fine-tuned as long (α 0.5)",
     "taylor_proportional_general": "Taylor, each kind the target share, tweets + 25 % Wikipedia blocks (vs the dense "
     "model fine-tuned on the same mix)",
 }
