@@ -217,12 +217,10 @@ def _refit(projection: nn.Module, moment: torch.Tensor, removed: torch.Tensor, k
     device = matrix.device
     columns_removed, columns_kept = columns_removed.to(device), columns_kept.to(device)
     moment = moment.to(device=device, dtype=torch.float64)
-    h_kk = moment[columns_kept][:, columns_kept]
+    h_kk = _damped(moment[columns_kept][:, columns_kept], damping)
     h_ks = moment[columns_kept][:, columns_removed]
-    scale = h_kk.diagonal().mean()
-    if not torch.isfinite(scale) or scale <= 0:
+    if h_kk is None:
         return  # nothing reached the kept inputs: no information to refit with
-    h_kk = h_kk + damping * scale * torch.eye(h_kk.shape[0], dtype=h_kk.dtype, device=device)
     factor, info = torch.linalg.cholesky_ex(h_kk)
     if int(info) != 0:
         return
@@ -233,6 +231,14 @@ def _refit(projection: nn.Module, moment: torch.Tensor, removed: torch.Tensor, k
         _write(bias, matrix[:, -1], transpose=False)
         matrix = matrix[:, :-1]
     _write(projection.weight, matrix, transpose=isinstance(projection, Conv1D))
+
+
+def _damped(h: torch.Tensor, damping: float) -> torch.Tensor | None:
+    """`H + λI` with λ = `damping` times the mean of `diag(H)`; `None` when no input energy reached these columns."""
+    scale = h.diagonal().mean()
+    if not torch.isfinite(scale) or scale <= 0:
+        return None
+    return h + damping * scale * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
 
 
 def _unrecoverable_share(
@@ -251,11 +257,9 @@ def _unrecoverable_share(
         columns = torch.cat([columns, torch.tensor([True])])  # the bias column is always kept
     device = weight.device
     columns = columns.to(device)
-    h = moment.to(device=device, dtype=torch.float64)[columns][:, columns]
-    scale = h.diagonal().mean()
-    if not torch.isfinite(scale) or scale <= 0:
+    h = _damped(moment.to(device=device, dtype=torch.float64)[columns][:, columns], damping)
+    if h is None:
         return shares * alive
-    h = h + damping * scale * torch.eye(h.shape[0], dtype=h.dtype, device=device)
     factor, info = torch.linalg.cholesky_ex(h)
     if int(info) != 0:
         return shares * alive
