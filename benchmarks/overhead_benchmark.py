@@ -25,7 +25,7 @@ from pathlib import Path
 from common import ROOT, command, environment, sentiment_splits, train, training_arguments, write_section
 
 
-METHODS = ("plain", "magnitude", "random", "taylor", "bingo", "bmrs", "bingo_kd")
+METHODS = ("plain", "magnitude", "random", "taylor", "taylor_refit", "bingo", "bmrs", "bingo_kd")
 
 
 def one_run(method: str, steps: int, batch_size: int, threads: int) -> dict:
@@ -41,6 +41,8 @@ def one_run(method: str, steps: int, batch_size: int, threads: int) -> dict:
         "magnitude": hf_prune.MagnitudeConfig(),
         "random": hf_prune.RandomConfig(),
         "taylor": hf_prune.TaylorConfig(),
+        # + the least-squares refit: input statistics of every gated projection, a solve at each pruning event
+        "taylor_refit": hf_prune.TaylorConfig(reconstruct=True),
         "bingo": hf_prune.BingoConfig(),  # the defaults a user gets
         "bmrs": hf_prune.BmrsConfig(),
         "bingo_kd": hf_prune.BingoConfig(),  # + distillation: the cost of the teacher's forward pass
@@ -139,7 +141,11 @@ def main() -> None:
     for method in methods:
         seconds, peak = median(method, "seconds"), median(method, "peak_bytes")
         trainer = "`Trainer`" if method == "plain" else "`PruningTrainer`"
-        name = {"plain": "–", "bingo_kd": "bingo + distillation (a teacher of the same size)"}.get(method, method)
+        name = {
+            "plain": "–",
+            "taylor_refit": "taylor + least-squares refit (`reconstruct=True`)",
+            "bingo_kd": "bingo + distillation (a teacher of the same size)",
+        }.get(method, method)
         lines.append(
             f"| {trainer} | {name} | {seconds:.1f} | {ratio(method):.2f}× | "
             f"{seconds / args.steps:.2f} | {peak / 2**20:.0f} | {(peak - base_peak) / 2**20:+.0f} |"
