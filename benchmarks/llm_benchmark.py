@@ -363,7 +363,10 @@ def measure_speed(rows: list[dict], lm_args: CausalLMArguments, speed_file: Path
             drift = max(abs(after[b][k] / before[b][k] - 1) for b in before for k in before[b])
             if drift <= MAX_DENSE_DRIFT:
                 break
-            print(f"{row_id(row)}: the dense model drifted {drift:.0%} (attempt {attempt}; is the machine idle?)", flush=True)
+            print(
+                f"{row_id(row)}: the dense model drifted {drift:.0%} (attempt {attempt}; is the machine idle?)",
+                flush=True,
+            )
         else:
             print(f"{row_id(row)}: not recorded", flush=True)
             continue
