@@ -41,6 +41,7 @@ from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data
 
 
 GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.25}
+MOSTLY_GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.75}
 REFIT = {"kind_budget": "proportional", "reconstruct": True}  # the ridge is set in each row
 VARIANTS = {
     "taylor_kd": Variant("taylor", distillation_weight=0.5),
@@ -59,6 +60,15 @@ VARIANTS = {
     # a quarter of the training blocks from general text (the Wikipedia sample), for the fine-tune and the recovery
     "dense_general": Variant("dense", data=GENERAL_TEXT),
     "taylor_proportional_general": Variant("taylor", pruning={"kind_budget": "proportional"}, data=GENERAL_TEXT),
+    # three quarters of the blocks from general text, with the levers of the best 20 % row (how far general text
+    # alone brings back the news at this budget)
+    "dense_mostly_general": Variant("dense", data=MOSTLY_GENERAL_TEXT),
+    "taylor_proportional_mostly_general_reconstruct_fisher_kd": Variant(
+        "taylor",
+        pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"},
+        data=MOSTLY_GENERAL_TEXT,
+        distillation_weight=0.5,
+    ),
     "taylor_proportional_fisher": Variant("taylor", pruning={"kind_budget": "proportional", "criterion": "fisher"}),
     # least-squares refit of the kept weights at every pruning event (`reconstruct=True`)
     "taylor_proportional_reconstruct": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 0.01}),
@@ -136,6 +146,10 @@ TITLES = {
     "taylor_proportional_early": "Taylor, each kind the target share, schedule 10 % -> 50 % of the steps",
     "dense_general": "dense, fine-tuned on the tweets + 25 % Wikipedia blocks",
     "dense_long": "dense, fine-tuned for twice the steps (240)",
+    "dense_mostly_general": "dense, fine-tuned on the tweets + 75 % Wikipedia blocks",
+    "taylor_proportional_mostly_general_reconstruct_fisher_kd": "Taylor, each kind the target share, ranked by the "
+    "gate's Fisher, kept weights refit (ridge 1), tweets + 75 % Wikipedia blocks, + distillation from the dense model "
+    "fine-tuned on the same mix (α 0.5)",
     "taylor_proportional_fisher": "Taylor, each kind the target share, ranked by the gate's empirical Fisher "
     '(`criterion="fisher"`)',
     "taylor_proportional_reconstruct": "Taylor, each kind the target share, kept weights refit by least squares at "
