@@ -41,8 +41,11 @@ from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data
 
 
 GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.25}
-MOSTLY_GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.75}
+HALF_GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.45}  # 8,221 of the 8,591 blocks
 REFIT = {"kind_budget": "proportional", "reconstruct": True}  # the ridge is set in each row
+# what pruning alone costs: the pretrained model, 12 batches of statistics (learning rate 0), the target at finalize
+NO_TRAINING = {"learning_rate": 0.0, "max_steps": 12}
+ONE_SHOT = {**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher", "schedule": "final", "prune_interval": 12}
 VARIANTS = {
     "taylor_kd": Variant("taylor", distillation_weight=0.5),
     "taylor_uniform": Variant("taylor", pruning={"uniform_layers": True, "neuron_multiple": 64}),
@@ -60,15 +63,19 @@ VARIANTS = {
     # a quarter of the training blocks from general text (the Wikipedia sample), for the fine-tune and the recovery
     "dense_general": Variant("dense", data=GENERAL_TEXT),
     "taylor_proportional_general": Variant("taylor", pruning={"kind_budget": "proportional"}, data=GENERAL_TEXT),
-    # three quarters of the blocks from general text, with the levers of the best 20 % row (how far general text
+    # nearly half the blocks from general text (nearly all of the Wikipedia sample), with the levers of the best 20 % row (how far general text
     # alone brings back the news at this budget)
-    "dense_mostly_general": Variant("dense", data=MOSTLY_GENERAL_TEXT),
-    "taylor_proportional_mostly_general_reconstruct_fisher_kd": Variant(
+    "dense_half_general": Variant("dense", data=HALF_GENERAL_TEXT),
+    "taylor_proportional_half_general_reconstruct_fisher_kd": Variant(
         "taylor",
         pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"},
-        data=MOSTLY_GENERAL_TEXT,
+        data=HALF_GENERAL_TEXT,
         distillation_weight=0.5,
     ),
+    "dense_pretrained": Variant("dense", training=NO_TRAINING),
+    "taylor_one_shot": Variant("taylor", pruning=ONE_SHOT, training=NO_TRAINING),
+    "dense_pretrained_half_general": Variant("dense", data=HALF_GENERAL_TEXT, training=NO_TRAINING),
+    "taylor_one_shot_half_general": Variant("taylor", pruning=ONE_SHOT, data=HALF_GENERAL_TEXT, training=NO_TRAINING),
     "taylor_proportional_fisher": Variant("taylor", pruning={"kind_budget": "proportional", "criterion": "fisher"}),
     # least-squares refit of the kept weights at every pruning event (`reconstruct=True`)
     "taylor_proportional_reconstruct": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 0.01}),
@@ -146,9 +153,16 @@ TITLES = {
     "taylor_proportional_early": "Taylor, each kind the target share, schedule 10 % -> 50 % of the steps",
     "dense_general": "dense, fine-tuned on the tweets + 25 % Wikipedia blocks",
     "dense_long": "dense, fine-tuned for twice the steps (240)",
-    "dense_mostly_general": "dense, fine-tuned on the tweets + 75 % Wikipedia blocks",
-    "taylor_proportional_mostly_general_reconstruct_fisher_kd": "Taylor, each kind the target share, ranked by the "
-    "gate's Fisher, kept weights refit (ridge 1), tweets + 75 % Wikipedia blocks, + distillation from the dense model "
+    "dense_half_general": "dense, fine-tuned on the tweets + 45 % Wikipedia blocks",
+    "dense_pretrained": "dense, not fine-tuned (the pretrained model)",
+    "dense_pretrained_half_general": "dense, not fine-tuned (the pretrained model; the reference of the row "
+    "calibrated on the tweets + 45 % Wikipedia blocks)",
+    "taylor_one_shot": "Taylor, one shot on the pretrained model, no recovery: each kind the target share, ranked by "
+    "the gate's Fisher on 12 batches of tweets, kept weights refit (ridge 1)",
+    "taylor_one_shot_half_general": "Taylor, one shot on the pretrained model, no recovery, as above but calibrated "
+    "on the tweets + 45 % Wikipedia blocks",
+    "taylor_proportional_half_general_reconstruct_fisher_kd": "Taylor, each kind the target share, ranked by the "
+    "gate's Fisher, kept weights refit (ridge 1), tweets + 45 % Wikipedia blocks, + distillation from the dense model "
     "fine-tuned on the same mix (α 0.5)",
     "taylor_proportional_fisher": "Taylor, each kind the target share, ranked by the gate's empirical Fisher "
     '(`criterion="fisher"`)',
