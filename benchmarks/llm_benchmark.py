@@ -63,8 +63,8 @@ VARIANTS = {
     # a quarter of the training blocks from general text (the Wikipedia sample), for the fine-tune and the recovery
     "dense_general": Variant("dense", data=GENERAL_TEXT),
     "taylor_proportional_general": Variant("taylor", pruning={"kind_budget": "proportional"}, data=GENERAL_TEXT),
-    # nearly half the blocks from general text (nearly all of the Wikipedia sample), with the levers of the best 20 % row (how far general text
-    # alone brings back the news at this budget)
+    # nearly half the blocks from general text (nearly all of the Wikipedia sample), with the levers of the best
+    # 20 % row: how far general text brings back the news at this budget
     "dense_half_general": Variant("dense", data=HALF_GENERAL_TEXT),
     "taylor_proportional_half_general_reconstruct_fisher_kd": Variant(
         "taylor",
