@@ -61,6 +61,7 @@ from hf_prune.scripts.causal_lm import (  # noqa: E402
     CausalLMArguments,
     language_modeling_data,
     load_causal_lm,
+    load_teacher,
     model_report,
 )
 from hf_prune.scripts.parser import PruningScriptParser  # noqa: E402
@@ -124,12 +125,31 @@ def reload_check(model, output_dir: Path, ids: torch.Tensor) -> dict[str, Any]:
     return {"stock_config": stock, "max_abs_logit_difference": difference, "same_greedy_tokens": same_tokens}
 
 
+def distillation_report(
+    args: CausalLMArguments, training: PruneCausalLMTrainingArguments, log_history: list[dict]
+) -> dict[str, Any] | None:
+    """The teacher, the weight, and the logit KL to the teacher at the last logging step; `None` without one."""
+    if training.distillation_weight == 0:
+        return None
+    kl = [entry["distillation/kl"] for entry in log_history if "distillation/kl" in entry]
+    return {
+        "teacher": args.teacher_model_name_or_path or "the model as loaded, before fine-tuning",
+        "weight": training.distillation_weight,
+        "final_kl": kl[-1] if kl else None,
+    }
+
+
 def main(
     args: CausalLMArguments, training: PruneCausalLMTrainingArguments, pruning_config: PruningConfig
 ) -> dict[str, Any]:
     """Measure, fine-tune while pruning, measure again, save and reload (arguments from
     `make_parser().parse_args_and_config()`); returns what is written to `metrics.json`."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if args.teacher_model_name_or_path is not None and training.distillation_weight == 0:
+        raise ValueError(
+            f"teacher_model_name_or_path={args.teacher_model_name_or_path!r} is set but distillation_weight is 0: "
+            "set --distillation_weight (e.g. 0.5), or drop the teacher."
+        )
     transformers.set_seed(training.seed)
 
     model, tokenizer = load_causal_lm(args)
@@ -143,6 +163,7 @@ def main(
     )
     before = model_report(model, tokenizer, data, args)
     logger.info("Dense: perplexity %s", before["perplexity"])
+    teacher = load_teacher(args, model) if training.distillation_weight > 0 else None
 
     trainer = PruningTrainer(
         model=model,
@@ -150,6 +171,7 @@ def main(
         pruning_config=pruning_config,
         train_dataset=data.train,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        teacher_model=teacher,
     )
     start = time.perf_counter()
     trainer.train()
@@ -186,6 +208,7 @@ def main(
             for prompt, a, b in zip(args.prompts, before["samples"], after["samples"])
         ],
         "train_seconds": train_seconds,
+        "distillation": distillation_report(args, training, trainer.state.log_history),
         "reload": reload,
     }
     Path(training.output_dir).mkdir(parents=True, exist_ok=True)

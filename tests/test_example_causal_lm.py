@@ -215,3 +215,24 @@ def test_smollm2_end_to_end(example, tmp_path):
     assert 0.15 <= results["sparsity"] <= 0.25 and results["reload"]["stock_config"]
     assert results["perplexity"]["news"]["before"] < 60  # a real pretrained LM (about 27 on 8,192 tokens)
     assert results["reload"]["same_greedy_tokens"]
+
+
+def test_distils_from_the_model_as_loaded_or_from_a_given_folder(example, checkpoint, corpus, tmp_path):
+    argv = [*small(checkpoint, corpus, tmp_path / "copy"), "--distillation_weight", "0.5"]
+    results = run(example, argv)
+    distillation = results["distillation"]
+    assert distillation["teacher"].startswith("the model as loaded") and distillation["weight"] == 0.5
+    assert 0 < distillation["final_kl"] < 10  # the KL to the frozen copy: zero before the first update, then grows
+    assert results["reload"]["same_greedy_tokens"]
+
+    argv = [*small(checkpoint, corpus, tmp_path / "folder"), "--distillation_weight", "0.5"]
+    results = run(example, [*argv, "--teacher_model_name_or_path", str(checkpoint)])
+    assert results["distillation"]["teacher"] == str(checkpoint) and results["distillation"]["final_kl"] > 0
+    assert json.loads((tmp_path / "folder" / "metrics.json").read_text())["distillation"] == results["distillation"]
+
+
+def test_without_distillation_there_is_no_teacher(example, checkpoint, corpus, tmp_path):
+    with pytest.raises(ValueError, match="distillation_weight is 0"):
+        run(example, [*small(checkpoint, corpus, tmp_path), "--teacher_model_name_or_path", str(checkpoint)])
+    with pytest.raises(ValueError, match="teacher_model_name_or_path.*not a folder"):
+        run(example, [*small(checkpoint, corpus, tmp_path), "--teacher_model_name_or_path", str(tmp_path / "none")])

