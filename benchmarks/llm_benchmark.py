@@ -46,6 +46,9 @@ REFIT = {"kind_budget": "proportional", "reconstruct": True}  # the ridge is set
 # what pruning alone costs: the pretrained model, 12 batches of statistics (learning rate 0), the target at finalize
 NO_TRAINING = {"learning_rate": 0.0, "max_steps": 12}
 ONE_SHOT = {**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher", "schedule": "final", "prune_interval": 12}
+CALIBRATION_48 = {**NO_TRAINING, "max_steps": 48}
+# the cubic schedule at learning rate 0: twelve events over 48 batches, each re-ranking and refitting what is left
+ITERATIVE_48 = {**ONE_SHOT, "schedule": "cubic", "prune_start": 0.0, "prune_end": 1.0, "prune_interval": 4}
 VARIANTS = {
     "taylor_kd": Variant("taylor", distillation_weight=0.5),
     "taylor_uniform": Variant("taylor", pruning={"uniform_layers": True, "neuron_multiple": 64}),
@@ -76,6 +79,13 @@ VARIANTS = {
     "taylor_one_shot": Variant("taylor", pruning=ONE_SHOT, training=NO_TRAINING),
     "dense_pretrained_half_general": Variant("dense", data=HALF_GENERAL_TEXT, training=NO_TRAINING),
     "taylor_one_shot_half_general": Variant("taylor", pruning=ONE_SHOT, data=HALF_GENERAL_TEXT, training=NO_TRAINING),
+    # pruning alone with four times the calibration (48 batches), at once or in twelve steps of re-ranking and refit
+    "taylor_one_shot_half_general_calib48": Variant(
+        "taylor", pruning={**ONE_SHOT, "prune_interval": 48}, data=HALF_GENERAL_TEXT, training=CALIBRATION_48
+    ),
+    "taylor_iterative_half_general_calib48": Variant(
+        "taylor", pruning=ITERATIVE_48, data=HALF_GENERAL_TEXT, training=CALIBRATION_48
+    ),
     "taylor_proportional_fisher": Variant("taylor", pruning={"kind_budget": "proportional", "criterion": "fisher"}),
     # least-squares refit of the kept weights at every pruning event (`reconstruct=True`)
     "taylor_proportional_reconstruct": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 0.01}),
@@ -164,6 +174,10 @@ TITLES = {
     "taylor_proportional_half_general_reconstruct_fisher_kd": "Taylor, each kind the target share, ranked by the "
     "gate's Fisher, kept weights refit (ridge 1), tweets + 45 % Wikipedia blocks, + distillation from the dense model "
     "fine-tuned on the same mix (α 0.5)",
+    "taylor_one_shot_half_general_calib48": "Taylor, one shot on the pretrained model, no recovery, calibrated on "
+    "the tweets + 45 % Wikipedia blocks, 48 batches of statistics",
+    "taylor_iterative_half_general_calib48": "Taylor, on the pretrained model, no recovery, calibrated on the tweets "
+    "+ 45 % Wikipedia blocks: 12 pruning events over 48 batches (cubic), each re-ranking and refitting what is left",
     "taylor_proportional_fisher": "Taylor, each kind the target share, ranked by the gate's empirical Fisher "
     '(`criterion="fisher"`)',
     "taylor_proportional_reconstruct": "Taylor, each kind the target share, kept weights refit by least squares at "
@@ -419,6 +433,8 @@ def is_dense(row: dict) -> bool:
 def setting(row: dict) -> tuple[dict, dict]:
     """The data and training settings a row was fine-tuned with (beyond the table's own)."""
     variant = variant_of(row["method"])
+    if variant.training.get("learning_rate") == 0.0:  # not fine-tuned: the pretrained model, however many batches
+        return variant.data, {"learning_rate": 0.0}
     return variant.data, variant.training
 
 
