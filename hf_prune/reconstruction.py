@@ -25,6 +25,8 @@ rank units by what their removal costs after the refit (Taylor's `refit_aware`).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -161,16 +163,49 @@ class Reconstruction:
         """Refit every projection that loses units between the keep-masks `before` and `after` (per kind, per
         layer), then start collecting afresh. A collective call under DDP and FSDP2: every process calls it with the
         same masks."""
-        moments = self._reduced_moments()
-        for target, moment in zip(self.targets, moments):
+        self._refit_all(before, after)
+        self.reset()
+
+    @contextlib.contextmanager
+    def refitted(
+        self, before: dict[str, list[torch.Tensor | None]], after: dict[str, list[torch.Tensor | None]]
+    ) -> Iterator[None]:
+        """Inside the block the kept weights are refit as `update(before, after)` would refit them; on exit they are
+        restored exactly and the collected inputs are kept, so candidate masks can be judged with their refit (the
+        metric search). The masks themselves are the caller's to apply. A collective call under DDP and FSDP2."""
+        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def keep(projection: nn.Module) -> None:
+            for parameter in (projection.weight, _bias(projection)):
+                if parameter is not None:
+                    saved.append((parameter, parameter.detach().clone()))
+
+        with torch.no_grad():
+            self._refit_all(before, after, keep)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for parameter, value in saved:
+                    parameter.copy_(value)
+
+    def _refit_all(
+        self,
+        before: dict[str, list[torch.Tensor | None]],
+        after: dict[str, list[torch.Tensor | None]],
+        on_refit: Callable[[nn.Module], None] | None = None,
+    ) -> None:
+        """Refit every projection that loses units from `before` to `after`, calling `on_refit` on it first."""
+        for target, moment in zip(self.targets, self._reduced_moments()):
             old, new = before[target.kind][target.layer], after[target.kind][target.layer]
             if old is None or new is None or moment is None:
                 continue
             old, new = old.cpu(), new.cpu()
             removed = old & ~new
             if removed.any() and new.any():
+                if on_refit is not None:
+                    on_refit(target.projection)
                 _refit(target.projection, moment, removed, new, self.damping)
-        self.reset()
 
     def _reduced_moments(self) -> list[torch.Tensor | None]:
         """Each projection's moment summed over processes (`None` where no process collected any token)."""

@@ -282,14 +282,17 @@ class _Counting(torch.utils.data.Dataset):
         return self.data[index]
 
 
-def test_max_metric_drop_uses_the_eval_split_and_stops_at_the_tolerance(tmp_path):
+@pytest.mark.parametrize("reconstruct", [False, True], ids=["plain", "refit"])
+def test_max_metric_drop_uses_the_eval_split_and_stops_at_the_tolerance(tmp_path, reconstruct):
     data = counting_dataset(128)
     train, val, test = (
         _Counting(data.select(r), n)
         for r, n in ((range(64), "train"), (range(64, 96), "val"), (range(96, 128), "test"))
     )
     model = build(FAMILY["llama"])
-    config = BingoConfig(max_metric_drop=0.02, search_step=0.05, probe_interval=1, schedule="final")
+    config = BingoConfig(
+        max_metric_drop=0.02, search_step=0.05, probe_interval=1, schedule="final", reconstruct=reconstruct
+    )
     trainer = trainer_for(
         model, config, tmp_path, steps=24, train_dataset=train, eval_dataset=val, args={"learning_rate": 1e-2}
     )
@@ -312,7 +315,8 @@ def test_max_metric_drop_uses_the_eval_split_and_stops_at_the_tolerance(tmp_path
     chosen, above = trials[round(result.sparsity, 6)], trials.get(round(result.sparsity + 0.05, 6))
     assert 0 < result.sparsity < 0.9  # the tolerance, not the grid, stopped the search
     assert chosen.metric <= allowed < above.metric
-    pruned = trainer.evaluate()  # the finalized (physically pruned) model on the eval split
+    # the finalized (physically pruned, and with `reconstruct` refit) model is the one the search judged
+    pruned = trainer.evaluate()
     assert pruned["eval_loss"] == pytest.approx(chosen.metric, rel=1e-5)
 
 

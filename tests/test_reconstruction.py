@@ -145,6 +145,39 @@ def test_unrecoverable_shares_are_the_refit_residuals_of_each_unit_alone(family,
     assert state.method.reconstruction.unrecoverable_shares() is state.method.reconstruction.unrecoverable_shares()
 
 
+@pytest.mark.parametrize("family", ["llama", "bert"], ids=["llama", "bert-bias"])
+def test_refitted_judges_the_refit_and_restores_the_weights_exactly(family):
+    """`refitted` (what the metric search evaluates each candidate with) gives the weights `update` would write, and
+    on exit the original weights and the collected statistics are back, bit for bit."""
+    model = prepared(family)
+    state = get_pruning_state(model)
+    reconstruction = state.method.reconstruction
+    collect_inputs(
+        model, [torch.randint(3, 99, (4, 12), generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    )
+    original = {name: p.detach().clone() for name, p in model.named_parameters()}
+    moments = [t.moment.clone() for t in reconstruction.targets]
+    current = {kind: [m.clone() for m in state.masks(kind)] for kind in (HEADS, NEURONS)}
+    candidate = removal(state, NEURONS, 0.5)
+    candidate[HEADS] = current[HEADS]
+    with reconstruction.refitted(current, candidate):
+        inside = {name: p.detach().clone() for name, p in model.named_parameters()}
+    refit = {
+        id(p)
+        for block in transformer_blocks(model, state.spec)
+        for p in block.get_submodule(state.spec.mlp_out).parameters()
+    }
+    changed = {id(p) for name, p in model.named_parameters() if not torch.equal(inside[name], original[name])}
+    assert changed and changed <= refit  # only the projections that lose neurons
+    for name, p in model.named_parameters():
+        assert torch.equal(p, original[name]), name
+    for target, moment in zip(reconstruction.targets, moments):
+        assert torch.equal(target.moment, moment)
+    state.method.apply_masks(candidate)  # the real event: `update`
+    for name, p in model.named_parameters():
+        assert torch.equal(p, inside[name]), name
+
+
 def test_only_training_passes_are_collected():
     model = prepared("llama")
     reconstruction = get_pruning_state(model).method.reconstruction

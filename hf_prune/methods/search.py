@@ -1,8 +1,8 @@
 """The accuracy-preserving search over sparsity, for any method whose units have a ranking.
 
 It takes the `PruningTrainer` that trained the model. The search works for any method whose units have a fixed
-ranking (BINGO, Taylor, magnitude, random): it only sets gate masks, evaluates on the trainer's `eval_dataset`, and
-restores the masks.
+ranking (BINGO, Taylor, magnitude, random): it only sets gate masks (and, with `reconstruct`, refits the kept weights
+for each candidate), evaluates on the trainer's `eval_dataset`, and restores both.
 """
 
 from __future__ import annotations
@@ -103,7 +103,9 @@ def search_max_prune(
     """Binary-search the largest sparsity whose evaluation metric stays within `max_metric_drop` of the dense one.
 
     The candidates are `0, step, 2 * step, ...` up to `max_sparsity`; the masks at each come from `select`
-    (default: the method's `select(sparsity)`; every `TargetMethod` has one). The search
+    (default: the method's `select(sparsity)`; every `TargetMethod` has one). With `reconstruct`, each candidate is
+    judged after the least-squares refit it would get (`Reconstruction.refitted`; the weights are restored after), so
+    the search measures the model that finalize hands back. The search
     assumes the metric degrades monotonically with sparsity and returns a grid point `s` within tolerance whose
     successor `s + step` was evaluated and is not (unless `s` is `max_sparsity`). About `log2(max_sparsity / step) +
     2` evaluations, all through `evaluator` (the evaluation split, never the test split).
@@ -124,7 +126,15 @@ def search_max_prune(
             )
         select = state.method.select
     dense_masks = {kind: [None if m is None else m.clone() for m in state.masks(kind)] for kind in (HEADS, NEURONS)}
-    dense = evaluator.evaluate(dense_masks)
+    evaluate = evaluator.evaluate
+    reconstruction = getattr(state.method, "reconstruction", None)
+    if reconstruction is not None:
+
+        def evaluate(masks: Masks) -> float:
+            with reconstruction.refitted(dense_masks, masks):
+                return evaluator.evaluate(masks)
+
+    dense = evaluate(dense_masks)
     allowed = dense - max_metric_drop * abs(dense) if greater else dense + max_metric_drop * abs(dense)
     trials = [SearchTrial(0.0, dense, True)]
     cache: dict[int, tuple[bool, Masks]] = {0: (True, dense_masks)}
@@ -133,7 +143,7 @@ def search_max_prune(
         if index not in cache:
             sparsity = round(index * step, 10)
             masks = select(sparsity)
-            value = evaluator.evaluate(masks)
+            value = evaluate(masks)
             ok = value >= allowed if greater else value <= allowed
             trials.append(SearchTrial(sparsity, value, ok))
             cache[index] = (ok, masks)

@@ -73,7 +73,8 @@ class BingoConfig(TargetConfig):
             relative tolerance of the unpruned model's: `metric >= (1 - tol) * dense` when greater is better,
             `metric <= (1 + tol) * dense` otherwise. The metric is `TrainingArguments.metric_for_best_model`
             (direction from `greater_is_better`), else the evaluation loss. Only the trainer's `eval_dataset` is
-            used, never training or test data. Needs `PruningTrainer` with an `eval_dataset`.
+            used, never training or test data. With `reconstruct` every candidate is judged after its least-squares
+            refit, as finalize will hand it back. Needs `PruningTrainer` with an `eval_dataset`.
         search_step (`float`, defaults to `0.01`): sparsity grid step of that search.
         search_max_sparsity (`float`, defaults to `0.9`): largest sparsity the search considers.
         min_heads_per_layer (`int`, defaults to `1`): never keep fewer query heads than this in a layer.
