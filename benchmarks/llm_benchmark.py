@@ -75,6 +75,15 @@ VARIANTS = {
         data=HALF_GENERAL_TEXT,
         distillation_weight=0.5,
     ),
+    # the same with twice the steps: does a longer general-text recovery win back the news?
+    "dense_half_general_long": Variant("dense", data=HALF_GENERAL_TEXT, training={"max_steps": 240}),
+    "taylor_proportional_half_general_long_reconstruct_fisher_kd": Variant(
+        "taylor",
+        pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"},
+        data=HALF_GENERAL_TEXT,
+        training={"max_steps": 240},
+        distillation_weight=0.5,
+    ),
     "dense_pretrained": Variant("dense", training=NO_TRAINING),
     "taylor_one_shot": Variant("taylor", pruning=ONE_SHOT, training=NO_TRAINING),
     "dense_pretrained_half_general": Variant("dense", data=HALF_GENERAL_TEXT, training=NO_TRAINING),
@@ -85,6 +94,19 @@ VARIANTS = {
     ),
     "taylor_iterative_half_general_calib48": Variant(
         "taylor", pruning=ITERATIVE_48, data=HALF_GENERAL_TEXT, training=CALIBRATION_48
+    ),
+    # the same with the cut spread over the layers: ranked within each layer's mean, or the same counts everywhere
+    "taylor_one_shot_half_general_calib48_normalized": Variant(
+        "taylor",
+        pruning={**ONE_SHOT, "prune_interval": 48, "normalize_layers": True},
+        data=HALF_GENERAL_TEXT,
+        training=CALIBRATION_48,
+    ),
+    "taylor_one_shot_half_general_calib48_uniform": Variant(
+        "taylor",
+        pruning={**ONE_SHOT, "prune_interval": 48, "uniform_layers": True, "neuron_multiple": 64},
+        data=HALF_GENERAL_TEXT,
+        training=CALIBRATION_48,
     ),
     "taylor_proportional_fisher": Variant("taylor", pruning={"kind_budget": "proportional", "criterion": "fisher"}),
     # least-squares refit of the kept weights at every pruning event (`reconstruct=True`)
@@ -164,8 +186,12 @@ TITLES = {
     "dense_general": "dense, fine-tuned on the tweets + 25 % Wikipedia blocks",
     "dense_long": "dense, fine-tuned for twice the steps (240)",
     "dense_half_general": "dense, fine-tuned on the tweets + 45 % Wikipedia blocks",
+    "dense_half_general_long": "dense, fine-tuned on the tweets + 45 % Wikipedia blocks for twice the steps (240)",
+    "taylor_proportional_half_general_long_reconstruct_fisher_kd": "Taylor, each kind the target share, ranked by "
+    "the gate's Fisher, kept weights refit (ridge 1), tweets + 45 % Wikipedia blocks, twice the steps (240), + "
+    "distillation from the dense model fine-tuned on the same mix as long (α 0.5)",
     "dense_pretrained": "dense, not fine-tuned (the pretrained model)",
-    "dense_pretrained_half_general": "dense, not fine-tuned (the pretrained model; the reference of the row "
+    "dense_pretrained_half_general": "dense, not fine-tuned (the pretrained model; the reference of the rows "
     "calibrated on the tweets + 45 % Wikipedia blocks)",
     "taylor_one_shot": "Taylor, one shot on the pretrained model, no recovery: each kind the target share, ranked by "
     "the gate's Fisher on 12 batches of tweets, kept weights refit (ridge 1)",
@@ -178,6 +204,12 @@ TITLES = {
     "the tweets + 45 % Wikipedia blocks, 48 batches of statistics",
     "taylor_iterative_half_general_calib48": "Taylor, on the pretrained model, no recovery, calibrated on the tweets "
     "+ 45 % Wikipedia blocks: 12 pruning events over 48 batches (cubic), each re-ranking and refitting what is left",
+    "taylor_one_shot_half_general_calib48_normalized": "Taylor, one shot on the pretrained model, no recovery, "
+    "calibrated on the tweets + 45 % Wikipedia blocks, 48 batches, importances divided by their layer's mean "
+    "(`normalize_layers`)",
+    "taylor_one_shot_half_general_calib48_uniform": "Taylor, one shot on the pretrained model, no recovery, "
+    "calibrated on the tweets + 45 % Wikipedia blocks, 48 batches, every layer the same counts (neurons in "
+    "multiples of 64)",
     "taylor_proportional_fisher": "Taylor, each kind the target share, ranked by the gate's empirical Fisher "
     '(`criterion="fisher"`)',
     "taylor_proportional_reconstruct": "Taylor, each kind the target share, kept weights refit by least squares at "
