@@ -47,7 +47,8 @@ class TaylorConfig(TargetConfig):
         time_weighting (`str`, defaults to `"linear"`): `"linear"` weighs a micro-batch by its step, so the model as
             it is at the decision counts most; `"none"` weighs every micro-batch alike.
         normalize_layers (`bool`, defaults to `False`): divide the importances of each layer and unit kind by their
-            mean before ranking, so every layer competes on relative importance.
+            mean before ranking, so every layer competes on relative importance. On SmolLM2 it spread the cut badly
+            (one shot at 20 %: +266 % news perplexity against +63 % without; BENCHMARKS.md): leave it off for LLMs.
         start (`float`, defaults to `0.0`): fraction of the optimizer steps after which gradients are accumulated,
             in [0, 1).
         criterion (`str`, defaults to `"first_order"`): `"first_order"` (mean absolute per-example gate gradient)
