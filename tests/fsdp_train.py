@@ -30,7 +30,7 @@ from tiny_models import FAMILY, build, method_config  # noqa: E402
 STEPS, BATCH, LENGTH, SEED = 6, 8, 8, 0
 NUM_LIKELIHOOD_TERMS = 512.0  # BMRS's KL divides by the training set's size in label tokens
 METHODS = ("magnitude", "taylor", "random", "bingo", "bmrs")
-RUNS = [("llama", method) for method in (*METHODS, "taylor+reconstruct", "taylor+refit_aware")] + [
+RUNS = [("llama", m) for m in (*METHODS, "taylor+reconstruct", "taylor+refit_aware", "taylor+final_refit")] + [
     ("qwen2", method) for method in ("magnitude", "bingo", "bmrs")
 ]
 
@@ -39,8 +39,11 @@ def pruning_config(method: str):
     """The method's config for a 6-step run: target methods tighten their masks on the cubic schedule (steps 2-4);
     BINGO probes every step; BMRS decides every 2 steps. `"<method>+reconstruct"` also refits the kept weights at each
     event (the input statistics are summed across processes, and the refit writes the shards); `"+refit_aware"` also
-    ranks by what the refit cannot restore (from the summed statistics and the gathered weights)."""
+    ranks by what the refit cannot restore (from the summed statistics and the gathered weights); `"+final_refit"`
+    prunes once at finalize with the refit, which the run first tries out as the metric search does."""
     method, _, extra = method.partition("+")
+    if extra == "final_refit":
+        return method_config(method, 0.3, schedule="final", reconstruct=True)
     if extra in ("reconstruct", "refit_aware"):
         return method_config(method, 0.3, schedule="cubic", **{"reconstruct": True, extra: True})
     if method == "bmrs":
@@ -133,8 +136,10 @@ def run(family: str, method: str, mode: str, result: dict, save: Path | None = N
 
     result["summary"] = hf_prune.pruning_summary(model)  # what PruningTrainer logs and writes with checkpoints
     state = get_pruning_state(model)
-    keep = state.method.keep_masks()
     model.eval()
+    if method.endswith("+final_refit"):
+        try_out_refit(model, result)
+    keep = state.method.keep_masks()
     with torch.no_grad(), masks_applied(state, keep):
         result["gated_logits"] = model(input_ids=eval_ids()).logits
     pruned = hf_prune.finalize_model(model).eval()
@@ -155,6 +160,25 @@ def run(family: str, method: str, mode: str, result: dict, save: Path | None = N
     result["plain"] = not is_fsdp2(pruned) and not any(is_dtensor(t) for t in result["state_dict"].values())
     result["still_sharded"] = is_fsdp2(model)
     return result
+
+
+def try_out_refit(model: torch.nn.Module, result: dict) -> None:
+    """What the metric search does with each candidate: the final masks with their refit inside
+    `Reconstruction.refitted` (a collective call; the weights are gathered, refit and written back as shards), and
+    the weights restored after."""
+    state = get_pruning_state(model)
+    method = state.method
+    current = {kind: [None if m is None else m.clone() for m in state.masks(kind)] for kind in ("heads", "neurons")}
+    candidate = method.select(method.config.target_sparsity)
+
+    def local() -> dict[str, torch.Tensor]:  # this process's shards (a sharded model's state dict holds DTensors)
+        return {k: (v.to_local() if is_dtensor(v) else v).detach().clone() for k, v in model.state_dict().items()}
+
+    before = local()
+    with torch.no_grad(), masks_applied(state, candidate), method.reconstruction.refitted(current, candidate):
+        result["tried_logits"] = model(input_ids=eval_ids()).logits
+        result["refit_changed"] = sorted(k for k, v in local().items() if not torch.equal(v, before[k]))
+    result["not_restored"] = sorted(k for k, v in local().items() if not torch.equal(v, before[k]))
 
 
 def digest(state_dict: dict[str, torch.Tensor]) -> str:

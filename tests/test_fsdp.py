@@ -92,6 +92,7 @@ def test_finalized_sharded_model_saves_and_reloads(report, family, method):
         ("llama", "taylor"),
         ("llama", "taylor+reconstruct"),
         ("llama", "taylor+refit_aware"),
+        ("llama", "taylor+final_refit"),
         ("qwen2", "magnitude"),
     ],
 )
@@ -106,3 +107,12 @@ def test_reconstruct_refits_the_sharded_weights(report):
     refit = finished(report, "llama/taylor+reconstruct/fsdp")["state_dict"]
     plain = finished(report, "llama/taylor/fsdp")["state_dict"]
     assert any(refit[k].shape != v.shape or not torch.equal(refit[k], v) for k, v in plain.items() if "down_proj" in k)
+
+
+def test_candidate_refit_is_tried_on_the_shards_and_undone(report):
+    """`Reconstruction.refitted` on the sharded model (the metric search's trial of a candidate): it computes what the
+    finalized model computes, and the shards are restored exactly afterwards."""
+    result = finished(report, "llama/taylor+final_refit/fsdp")
+    assert result["refit_changed"] and all("down_proj" in k or "o_proj" in k for k in result["refit_changed"])
+    assert not result["not_restored"], result["not_restored"]
+    torch.testing.assert_close(result["tried_logits"], result["final_logits"], rtol=1e-5, atol=1e-5)
