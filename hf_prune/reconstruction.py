@@ -180,9 +180,9 @@ class Reconstruction:
                 if parameter is not None:
                     saved.append((parameter, parameter.detach().clone()))
 
-        with torch.no_grad():
-            self._refit_all(before, after, keep)
         try:
+            with torch.no_grad():
+                self._refit_all(before, after, keep)  # each projection is saved before it is refit
             yield
         finally:
             with torch.no_grad():
