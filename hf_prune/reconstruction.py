@@ -15,7 +15,9 @@ done here on the kept weights only, so the pruned model keeps stock shapes and l
 `H` costs `d_in²` floats per gated projection (d_in = 1536 for SmolLM2's MLP: 9 MB a layer), accumulated in
 float32 on the projection's device, and one `d_in × d_in` product per micro-batch. Each process accumulates its own
 tokens; the sums are added across processes at the pruning event (a collective call), so every replica makes the
-same update. Under FSDP2 the weights are gathered for the update and written back as shards.
+same update. Under FSDP2 the weights are gathered for the update and written back as shards. `refitted` makes the
+same refit for the duration of a block and then restores the weights, which is how the metric search judges a
+candidate sparsity.
 
 The same `H` says how much of a unit the refit could restore: removing unit `u` (input columns `S`) alone, the refit
 leaves the output error `tr(W_S [(H + λI)^-1_SS]^-1 W_Sᵀ)` of the `tr(W_S (H + λI)_SS W_Sᵀ)` it would cost without it
