@@ -21,6 +21,7 @@ from hf_prune.distributed import is_dtensor, is_fsdp2
 from hf_prune.mapping import gate_parameters, get_pruning_state, masks_applied
 from hf_prune.methods.base import StepContext
 from hf_prune.record import find_record
+from hf_prune.selection import current_masks
 
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -168,7 +169,7 @@ def try_out_refit(model: torch.nn.Module, result: dict) -> None:
     the weights restored after."""
     state = get_pruning_state(model)
     method = state.method
-    current = {kind: [None if m is None else m.clone() for m in state.masks(kind)] for kind in ("heads", "neurons")}
+    current = current_masks(state)
     candidate = method.select(method.config.target_sparsity)
 
     def local() -> dict[str, torch.Tensor]:  # this process's shards (a sharded model's state dict holds DTensors)

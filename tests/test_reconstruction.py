@@ -12,7 +12,7 @@ from hf_prune import MagnitudeConfig, TaylorConfig
 from hf_prune.architectures import transformer_blocks
 from hf_prune.constants import HEADS, NEURONS
 from hf_prune.mapping import get_pruning_state
-from hf_prune.selection import unit_costs_by_layer
+from hf_prune.selection import current_masks, unit_costs_by_layer
 
 from .test_resume import run as resumable_run
 from .tiny_models import FAMILY, build, counting_dataset, trainer_for
@@ -157,7 +157,7 @@ def test_refitted_judges_the_refit_and_restores_the_weights_exactly(family):
     )
     original = {name: p.detach().clone() for name, p in model.named_parameters()}
     moments = [t.moment.clone() for t in reconstruction.targets]
-    current = {kind: [m.clone() for m in state.masks(kind)] for kind in (HEADS, NEURONS)}
+    current = current_masks(state)
     candidate = removal(state, NEURONS, 0.5)
     candidate[HEADS] = current[HEADS]
     with reconstruction.refitted(current, candidate):

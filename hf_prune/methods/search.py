@@ -134,7 +134,7 @@ def search_max_prune(
             with reconstruction.refitted(dense_masks, masks):
                 return evaluator.evaluate(masks)
 
-    dense = evaluate(dense_masks)
+    dense = evaluator.evaluate(dense_masks)  # nothing removed, nothing to refit
     allowed = dense - max_metric_drop * abs(dense) if greater else dense + max_metric_drop * abs(dense)
     trials = [SearchTrial(0.0, dense, True)]
     cache: dict[int, tuple[bool, Masks]] = {0: (True, dense_masks)}
