@@ -108,6 +108,14 @@ VARIANTS = {
         data=HALF_GENERAL_TEXT,
         training=CALIBRATION_48,
     ),
+    # the same calibration tokens in 256-token blocks (batches of 2): statistics that see the positions the news
+    # perplexity is measured at (512-token windows), not only the first 64
+    "taylor_one_shot_half_general_calib48_block256": Variant(
+        "taylor",
+        pruning={**ONE_SHOT, "prune_interval": 48},
+        data={**HALF_GENERAL_TEXT, "block_size": 256},
+        training={**CALIBRATION_48, "batch_size": 2},
+    ),
     "taylor_proportional_fisher": Variant("taylor", pruning={"kind_budget": "proportional", "criterion": "fisher"}),
     # least-squares refit of the kept weights at every pruning event (`reconstruct=True`)
     "taylor_proportional_reconstruct": Variant("taylor", pruning={**REFIT, "reconstruct_damping": 0.01}),
@@ -191,10 +199,12 @@ TITLES = {
     "the gate's Fisher, kept weights refit (ridge 1), tweets + 45 % Wikipedia blocks, twice the steps (240), + "
     "distillation from the dense model fine-tuned on the same mix as long (α 0.5)",
     "dense_pretrained": "dense, not fine-tuned (the pretrained model)",
-    "dense_pretrained_half_general": "dense, not fine-tuned (the pretrained model; the reference of the rows "
-    "calibrated on the tweets + 45 % Wikipedia blocks)",
+    "dense_pretrained_half_general": "dense, not fine-tuned (the pretrained model, run again with the data of the "
+    "mix: the same model and perplexities)",
     "taylor_one_shot": "Taylor, one shot on the pretrained model, no recovery: each kind the target share, ranked by "
     "the gate's Fisher on 12 batches of tweets, kept weights refit (ridge 1)",
+    "taylor_one_shot_half_general_calib48_block256": "Taylor, one shot on the pretrained model, no recovery, "
+    "calibrated on the tweets + 45 % Wikipedia blocks, 48 batches of 2 x 256 tokens (the same tokens in longer blocks)",
     "taylor_one_shot_half_general": "Taylor, one shot on the pretrained model, no recovery, as above but calibrated "
     "on the tweets + 45 % Wikipedia blocks",
     "taylor_proportional_half_general_reconstruct_fisher_kd": "Taylor, each kind the target share, ranked by the "
@@ -465,8 +475,8 @@ def is_dense(row: dict) -> bool:
 def setting(row: dict) -> tuple[dict, dict]:
     """The data and training settings a row was fine-tuned with (beyond the table's own)."""
     variant = variant_of(row["method"])
-    if variant.training.get("learning_rate") == 0.0:  # not fine-tuned: the pretrained model, however many batches
-        return variant.data, {"learning_rate": 0.0}
+    if variant.training.get("learning_rate") == 0.0:  # not fine-tuned: the pretrained model, whatever the batches
+        return {}, {"learning_rate": 0.0}
     return variant.data, variant.training
 
 
