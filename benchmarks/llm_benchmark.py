@@ -84,6 +84,25 @@ VARIANTS = {
         training={"max_steps": 240},
         distillation_weight=0.5,
     ),
+    # the same recovery with distillation alone (α 1: no cross-entropy on the labels), or at four times the
+    # learning rate (with its own dense row and teacher)
+    "taylor_proportional_half_general_long_reconstruct_fisher_kd1": Variant(
+        "taylor",
+        pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"},
+        data=HALF_GENERAL_TEXT,
+        training={"max_steps": 240},
+        distillation_weight=1.0,
+    ),
+    "dense_half_general_long_lr2e4": Variant(
+        "dense", data=HALF_GENERAL_TEXT, training={"max_steps": 240, "learning_rate": 2e-4}
+    ),
+    "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd": Variant(
+        "taylor",
+        pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"},
+        data=HALF_GENERAL_TEXT,
+        training={"max_steps": 240, "learning_rate": 2e-4},
+        distillation_weight=0.5,
+    ),
     "dense_pretrained": Variant("dense", training=NO_TRAINING),
     "taylor_one_shot": Variant("taylor", pruning=ONE_SHOT, training=NO_TRAINING),
     "dense_pretrained_half_general": Variant("dense", data=HALF_GENERAL_TEXT, training=NO_TRAINING),
@@ -199,6 +218,12 @@ TITLES = {
     "the gate's Fisher, kept weights refit (ridge 1), tweets + 45 % Wikipedia blocks, twice the steps (240), + "
     "distillation from the dense model fine-tuned on the same mix as long (α 0.5)",
     "dense_pretrained": "dense, not fine-tuned (the pretrained model)",
+    "taylor_proportional_half_general_long_reconstruct_fisher_kd1": "Taylor, as the 240-step row on the tweets + 45 % "
+    "Wikipedia blocks but distilled only (α 1: no cross-entropy on the labels)",
+    "dense_half_general_long_lr2e4": "dense, fine-tuned on the tweets + 45 % Wikipedia blocks for 240 steps at "
+    "learning rate 2e-4",
+    "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd": "Taylor, as the 240-step row on the tweets + "
+    "45 % Wikipedia blocks at learning rate 2e-4 (vs the dense model fine-tuned so, which is also the teacher)",
     "dense_pretrained_half_general": "dense, not fine-tuned (the pretrained model, run again with the data of the "
     "mix: the same model and perplexities)",
     "taylor_one_shot": "Taylor, one shot on the pretrained model, no recovery: each kind the target share, ranked by "
