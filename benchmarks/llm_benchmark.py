@@ -114,6 +114,14 @@ VARIANTS = {
     "taylor_iterative_half_general_calib48": Variant(
         "taylor", pruning=ITERATIVE_48, data=HALF_GENERAL_TEXT, training=CALIBRATION_48
     ),
+    # calibrated mostly on general text (85 % Wikipedia blocks, 4,000 tweets): what ranking for the news costs the
+    # tweets and saves the news
+    "taylor_one_shot_general85_calib48": Variant(
+        "taylor",
+        pruning={**ONE_SHOT, "prune_interval": 48},
+        data={"general_text": "wikipedia", "general_fraction": 0.85, "max_train_samples": 4000},
+        training=CALIBRATION_48,
+    ),
     # the same with the cut spread over the layers: ranked within each layer's mean, or the same counts everywhere
     "taylor_one_shot_half_general_calib48_normalized": Variant(
         "taylor",
@@ -228,6 +236,8 @@ TITLES = {
     "mix: the same model and perplexities)",
     "taylor_one_shot": "Taylor, one shot on the pretrained model, no recovery: each kind the target share, ranked by "
     "the gate's Fisher on 12 batches of tweets, kept weights refit (ridge 1)",
+    "taylor_one_shot_general85_calib48": "Taylor, one shot on the pretrained model, no recovery, calibrated on 85 % "
+    "Wikipedia blocks and 4,000 tweets, 48 batches",
     "taylor_one_shot_half_general_calib48_block256": "Taylor, one shot on the pretrained model, no recovery, "
     "calibrated on the tweets + 45 % Wikipedia blocks, 48 batches of 2 x 256 tokens (the same tokens in longer blocks)",
     "taylor_one_shot_half_general": "Taylor, one shot on the pretrained model, no recovery, as above but calibrated "

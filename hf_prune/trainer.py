@@ -170,6 +170,8 @@ class PruningTrainer(Trainer):
             weight = self.args.distillation_weight
             kl = self._distillation_loss(inputs, labels, outputs, num_items_in_batch)
             loss = (1 - weight) * loss + weight * kl.to(loss.dtype)
+            if is_prepared(self.pruned_model):  # gradient statistics are for the loss trained
+                get_pruning_state(self.pruned_model).method.observe_training_loss(loss)
         if model.training and is_prepared(self.pruned_model) and self.args.pruning_loss_weight > 0:
             extra = get_pruning_state(self.pruned_model).method.loss(self._num_likelihood_terms())
             if extra is not None:

@@ -1,6 +1,6 @@
 """Logit distillation from a dense teacher (`PruningArguments.distillation_weight`, `PruningTrainer(teacher_model=)`):
 the KL against a per-position brute force, the mixed loss against a hand computation, the logged terms under
-gradient accumulation, its effect, and the errors."""
+gradient accumulation, the gradient statistics of the mixed loss, its effect, and the errors."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import datasets
 import pytest
 import torch
 
-from hf_prune import BmrsConfig, MagnitudeConfig, PruningArguments, PruningTrainer
+from hf_prune import BmrsConfig, MagnitudeConfig, PruningArguments, PruningTrainer, TaylorConfig
 from hf_prune.distillation import distillation_terms
+from hf_prune.mapping import get_pruning_state
 
 from .tiny_models import FAMILY, arguments, build, dataset, method_config
 
@@ -123,6 +124,47 @@ def test_the_methods_loss_term_stays_outside_the_mix(tmp_path):
     for h in logs:
         mixed = 0.6 * h["pruning/task_loss"] + 0.4 * h["distillation/kl"] + h["pruning/loss_term"]
         assert mixed == pytest.approx(h["loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("weight", [0.5, 1.0], ids=["mixed", "distillation-alone"])
+def test_gradient_statistics_are_taken_for_the_loss_trained(tmp_path, weight):
+    """With a teacher, Taylor's `-dL/dgate / L` is for the loss trained, (1 - α) task loss + α KL, even when the
+    backward ran on a rescaled loss: scaling a unit's gate is scaling its input columns of the projection, so
+    `dL/dgate = Σ W ∘ dL/dW` over those columns, from the weight gradients of the same backward. With distillation
+    alone (α = 1) the task loss gets no gradient, and the Fisher statistics are still recorded."""
+    family = FAMILY["bert"]
+    model = build(family, seed=0).double()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    teacher = build(family, seed=1).double()
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(300)  # a confident teacher: the KL weighs as much as the task loss
+    trainer = PruningTrainer(
+        model=model,
+        args=arguments(tmp_path, max_steps=1, save_strategy="no", distillation_weight=weight),
+        pruning_config=TaylorConfig(target_sparsity=0.3, criterion="fisher"),
+        train_dataset=dataset(family, 4),
+        teacher_model=teacher,
+    )
+    trainer.current_gradient_accumulation_steps = 1  # set by train() otherwise
+    state = get_pruning_state(model.train())
+    batch = {k: torch.tensor(v) for k, v in dataset(family, 4)[:4].items()}
+    loss = trainer.compute_loss(model, dict(batch))
+    (loss * 0.25).backward()  # as under 4 accumulation steps
+    state.method.gradients.record(abs_weight=1.0, rel_weight=1.0)
+    state.method.gradients.flush()
+
+    layer = model.bert.encoder.layer[0]
+    for gate, projection, width in (
+        (state.layers[0].head_gate, layer.attention.output.dense, 8),
+        (state.layers[0].neuron_gate, layer.output.dense, 1),
+    ):
+        assert float(gate.grad_rel_weight) == 1.0
+        recorded = -gate.grad_rel_sum.double() * float(loss.detach())  # dL/dgate
+        by_unit = (projection.weight * projection.weight.grad / 0.25).detach().sum(0).reshape(-1, width).sum(1)
+        torch.testing.assert_close(recorded, by_unit, rtol=1e-5, atol=1e-9)
+        assert bool((gate.grad_curv_sum > 0).all())
 
 
 def test_distillation_pulls_the_model_to_the_teacher(tmp_path):

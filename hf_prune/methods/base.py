@@ -93,6 +93,10 @@ class PruningMethod:
         """The method's recommended learning rate for its gate parameters in a run of `max_steps`, if any."""
         return None
 
+    def observe_training_loss(self, loss: torch.Tensor) -> None:
+        """Per micro-batch hook, run before the backward pass when the loss trained is more than the model's own
+        (the task loss mixed with a distillation KL): methods that read loss gradients take them for this loss."""
+
     def after_backward(self, step: StepContext, model: nn.Module, inputs: dict[str, Any]) -> None:
         """Per micro-batch hook, run after the backward pass (gradients of the gates are available)."""
 

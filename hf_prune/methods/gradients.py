@@ -94,23 +94,32 @@ class LossRecorder:
 
     The Trainer rescales the model's loss before `backward` (gradient accumulation, token averaging across
     processes, fp16 loss scaling). That factor is exactly the gradient arriving at the model's loss, so dividing the
-    gate gradients by it gives `dL/dgate` for the model's own loss, whatever the Trainer did.
+    gate gradients by it gives `dL/dgate` for the model's own loss, whatever the Trainer did. When the loss trained
+    is another one built from it (the task loss mixed with a distillation KL), `track` makes that one `L`: the model's
+    own loss may then get no gradient at all (distillation alone).
     """
 
     def __init__(self):
         self.loss: float | None = None
         self.scale: float | None = None
+        self._tracked: object | None = None  # the token of the loss whose gradient is the scale
 
     def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if not (module.training and torch.is_grad_enabled()):
-            return
-        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
-        if isinstance(loss, torch.Tensor) and loss.requires_grad and loss.numel() == 1:
-            self.loss, self.scale = float(loss.detach().float()), None
-            loss.register_hook(self._store_scale)
+        if module.training and torch.is_grad_enabled():
+            loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+            if isinstance(loss, torch.Tensor):
+                self.track(loss)
 
-    def _store_scale(self, grad: torch.Tensor) -> None:
-        self.scale = float(grad.detach().float().sum())
+    def track(self, loss: torch.Tensor) -> None:
+        """Take `loss` (a scalar the coming backward starts from) as the training loss of this micro-batch."""
+        if loss.requires_grad and loss.numel() == 1:
+            token = self._tracked = object()
+            self.loss, self.scale = float(loss.detach().float()), None
+            loss.register_hook(functools.partial(self._store_scale, token))
+
+    def _store_scale(self, token: object, grad: torch.Tensor) -> None:
+        if token is self._tracked:  # the model's own loss, once another was tracked, is not the scale
+            self.scale = float(grad.detach().float().sum())
 
     def take(self) -> tuple[float | None, float | None]:
         """`(loss, scale)` of the last training forward/backward, or `None`s; and forget them."""
@@ -150,6 +159,10 @@ class GateGradients:
                 segments = torch.cumsum(starts.long(), 0) - 1
         for gate in self.gates:
             gate.segments = segments
+
+    def track_loss(self, loss: torch.Tensor) -> None:
+        """Take the gradients for `loss` instead of the model's own loss (see `LossRecorder.track`)."""
+        self.recorder.track(loss)
 
     def record(self, abs_weight: float, rel_weight: float) -> None:
         """Add this micro-batch's gradients: `|g|` with weight `abs_weight`, `-g / L` with weight `rel_weight`

@@ -107,6 +107,9 @@ class TaylorMethod(TargetMethod):
         super().attach(model, state)
         self.gradients = GateGradients(model, state)
 
+    def observe_training_loss(self, loss: torch.Tensor) -> None:
+        self.gradients.track_loss(loss)
+
     def after_backward(self, context: StepContext, model: nn.Module, inputs: dict[str, Any]) -> None:
         step, max_steps = context.global_step, context.max_steps
         weight = 0.0

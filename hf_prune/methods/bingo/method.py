@@ -112,6 +112,9 @@ class BingoMethod(TargetMethod):
         return self.config.perturbation == "zero"
 
     # -- during training ---------------------------------------------------------------------------------------------
+    def observe_training_loss(self, loss: torch.Tensor) -> None:
+        self.gradients.track_loss(loss)
+
     def after_backward(self, context: StepContext, model: nn.Module, inputs: dict[str, Any]) -> None:
         self._evaluator = context.evaluator
         step, max_steps = context.global_step, context.max_steps
