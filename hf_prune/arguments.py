@@ -20,7 +20,8 @@ class PruningArguments(TrainingArguments):
         finalize_on_train_end (`bool`, defaults to `False`): finalize the model (remove pruned units) when `train()`
             ends; otherwise call `trainer.finalize()`.
         distillation_weight (`float`, defaults to `0.0`): weight α of the logit KL to `PruningTrainer(teacher_model=)`:
-            the loss is `(1 - α) · task loss + α · T² · KL(teacher ‖ model)` (see `hf_prune.distillation`). 0 is off.
+            the loss is `(1 - α) · task loss + α · T² · KL(teacher ‖ model)` (see `hf_prune.distillation`), and the
+            gradient statistics of Taylor and BINGO are taken for it. 0 is off; 1 is distillation alone.
         distillation_temperature (`float`, defaults to `1.0`): the softmax temperature `T` of that KL.
     """
 

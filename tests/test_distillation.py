@@ -11,7 +11,7 @@ import datasets
 import pytest
 import torch
 
-from hf_prune import BmrsConfig, MagnitudeConfig, PruningArguments, PruningTrainer, TaylorConfig
+from hf_prune import BingoConfig, BmrsConfig, MagnitudeConfig, PruningArguments, PruningTrainer, TaylorConfig
 from hf_prune.distillation import distillation_terms
 from hf_prune.mapping import get_pruning_state
 
@@ -126,12 +126,14 @@ def test_the_methods_loss_term_stays_outside_the_mix(tmp_path):
         assert mixed == pytest.approx(h["loss"], rel=1e-3)
 
 
+@pytest.mark.parametrize("method", ["taylor", "bingo"])
 @pytest.mark.parametrize("weight", [0.5, 1.0], ids=["mixed", "distillation-alone"])
-def test_gradient_statistics_are_taken_for_the_loss_trained(tmp_path, weight):
-    """With a teacher, Taylor's `-dL/dgate / L` is for the loss trained, (1 - α) task loss + α KL, even when the
-    backward ran on a rescaled loss: scaling a unit's gate is scaling its input columns of the projection, so
-    `dL/dgate = Σ W ∘ dL/dW` over those columns, from the weight gradients of the same backward. With distillation
-    alone (α = 1) the task loss gets no gradient, and the Fisher statistics are still recorded."""
+def test_gradient_statistics_are_taken_for_the_loss_trained(tmp_path, weight, method):
+    """With a teacher, the gate-gradient statistics that Taylor and BINGO read (`-dL/dgate / L`) are for the loss
+    trained, (1 - α) task loss + α KL, even when the backward ran on a rescaled loss: scaling a unit's gate is scaling
+    its input columns of the projection, so `dL/dgate = Σ W ∘ dL/dW` over those columns, from the weight gradients of
+    the same backward. With distillation alone (α = 1) the task loss gets no gradient, and the Fisher statistics are
+    still recorded."""
     family = FAMILY["bert"]
     model = build(family, seed=0).double()
     for module in model.modules():
@@ -143,7 +145,9 @@ def test_gradient_statistics_are_taken_for_the_loss_trained(tmp_path, weight):
     trainer = PruningTrainer(
         model=model,
         args=arguments(tmp_path, max_steps=1, save_strategy="no", distillation_weight=weight),
-        pruning_config=TaylorConfig(target_sparsity=0.3, criterion="fisher"),
+        pruning_config=TaylorConfig(target_sparsity=0.3, criterion="fisher")
+        if method == "taylor"
+        else BingoConfig(target_sparsity=0.3),
         train_dataset=dataset(family, 4),
         teacher_model=teacher,
     )
