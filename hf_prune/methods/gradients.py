@@ -166,7 +166,7 @@ class GateGradients:
 
     def record(self, abs_weight: float, rel_weight: float) -> None:
         """Add this micro-batch's gradients: `|g|` with weight `abs_weight`, `-g / L` with weight `rel_weight`
-        (0 skips). Gradients are rescaled to the model's own loss when its scale is known."""
+        (0 skips). Gradients are rescaled to the training loss (see `LossRecorder`) when its scale is known."""
         loss, scale = self.recorder.take()
         usable = loss is not None and scale is not None and scale != 0.0 and loss != 0.0
         if rel_weight and not usable:
