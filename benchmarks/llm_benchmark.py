@@ -43,12 +43,16 @@ from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data
 GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.25}
 HALF_GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.45}  # 8,221 of the 8,591 blocks
 REFIT = {"kind_budget": "proportional", "reconstruct": True}  # the ridge is set in each row
+FISHER_REFIT = {**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"}  # the levers of the best 20 % row
+LONG = {"max_steps": 240}  # twice the default steps
 # what pruning alone costs: the pretrained model, 12 batches of statistics (learning rate 0), the target at finalize
 NO_TRAINING = {"learning_rate": 0.0, "max_steps": 12}
-ONE_SHOT = {**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher", "schedule": "final", "prune_interval": 12}
+ONE_SHOT = {**FISHER_REFIT, "schedule": "final", "prune_interval": 12}
 CALIBRATION_48 = {**NO_TRAINING, "max_steps": 48}
 # the cubic schedule at learning rate 0: twelve events over 48 batches, each re-ranking and refitting what is left
 ITERATIVE_48 = {**ONE_SHOT, "schedule": "cubic", "prune_start": 0.0, "prune_end": 1.0, "prune_interval": 4}
+# the levers of the best 20 % row on the tweets + 45 % Wikipedia blocks (with LONG: the best news row)
+GENERAL_RECOVERY = Variant("taylor", pruning=FISHER_REFIT, data=HALF_GENERAL_TEXT, distillation_weight=0.5)
 VARIANTS = {
     "taylor_kd": Variant("taylor", distillation_weight=0.5),
     "taylor_uniform": Variant("taylor", pruning={"uniform_layers": True, "neuron_multiple": 64}),
@@ -69,39 +73,22 @@ VARIANTS = {
     # nearly half the blocks from general text (nearly all of the Wikipedia sample), with the levers of the best
     # 20 % row: how far general text brings back the news at this budget
     "dense_half_general": Variant("dense", data=HALF_GENERAL_TEXT),
-    "taylor_proportional_half_general_reconstruct_fisher_kd": Variant(
-        "taylor",
-        pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"},
-        data=HALF_GENERAL_TEXT,
-        distillation_weight=0.5,
-    ),
+    "taylor_proportional_half_general_reconstruct_fisher_kd": GENERAL_RECOVERY,
     # the same with twice the steps: does a longer general-text recovery win back the news?
-    "dense_half_general_long": Variant("dense", data=HALF_GENERAL_TEXT, training={"max_steps": 240}),
-    "taylor_proportional_half_general_long_reconstruct_fisher_kd": Variant(
-        "taylor",
-        pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"},
-        data=HALF_GENERAL_TEXT,
-        training={"max_steps": 240},
-        distillation_weight=0.5,
+    "dense_half_general_long": Variant("dense", data=HALF_GENERAL_TEXT, training=LONG),
+    "taylor_proportional_half_general_long_reconstruct_fisher_kd": dataclasses.replace(
+        GENERAL_RECOVERY, training=LONG
     ),
     # the same recovery with distillation alone (α 1: no cross-entropy on the labels), or at four times the
     # learning rate (with its own dense row and teacher)
-    "taylor_proportional_half_general_long_reconstruct_fisher_kd1": Variant(
-        "taylor",
-        pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"},
-        data=HALF_GENERAL_TEXT,
-        training={"max_steps": 240},
-        distillation_weight=1.0,
+    "taylor_proportional_half_general_long_reconstruct_fisher_kd1": dataclasses.replace(
+        GENERAL_RECOVERY, training=LONG, distillation_weight=1.0
     ),
     "dense_half_general_long_lr2e4": Variant(
-        "dense", data=HALF_GENERAL_TEXT, training={"max_steps": 240, "learning_rate": 2e-4}
+        "dense", data=HALF_GENERAL_TEXT, training={**LONG, "learning_rate": 2e-4}
     ),
-    "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd": Variant(
-        "taylor",
-        pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"},
-        data=HALF_GENERAL_TEXT,
-        training={"max_steps": 240, "learning_rate": 2e-4},
-        distillation_weight=0.5,
+    "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd": dataclasses.replace(
+        GENERAL_RECOVERY, training={**LONG, "learning_rate": 2e-4}
     ),
     "dense_pretrained": Variant("dense", training=NO_TRAINING),
     "taylor_one_shot": Variant("taylor", pruning=ONE_SHOT, training=NO_TRAINING),
@@ -114,14 +101,6 @@ VARIANTS = {
     "taylor_iterative_half_general_calib48": Variant(
         "taylor", pruning=ITERATIVE_48, data=HALF_GENERAL_TEXT, training=CALIBRATION_48
     ),
-    # calibrated mostly on general text (85 % Wikipedia blocks, 4,000 tweets): what ranking for the news costs the
-    # tweets and saves the news
-    "taylor_one_shot_general85_calib48": Variant(
-        "taylor",
-        pruning={**ONE_SHOT, "prune_interval": 48},
-        data={"general_text": "wikipedia", "general_fraction": 0.85, "max_train_samples": 4000},
-        training=CALIBRATION_48,
-    ),
     # the same with the cut spread over the layers: ranked within each layer's mean, or the same counts everywhere
     "taylor_one_shot_half_general_calib48_normalized": Variant(
         "taylor",
@@ -133,6 +112,14 @@ VARIANTS = {
         "taylor",
         pruning={**ONE_SHOT, "prune_interval": 48, "uniform_layers": True, "neuron_multiple": 64},
         data=HALF_GENERAL_TEXT,
+        training=CALIBRATION_48,
+    ),
+    # calibrated mostly on general text (85 % Wikipedia blocks, 4,000 tweets): what ranking for the news costs the
+    # tweets and saves the news
+    "taylor_one_shot_general85_calib48": Variant(
+        "taylor",
+        pruning={**ONE_SHOT, "prune_interval": 48},
+        data={"general_text": "wikipedia", "general_fraction": 0.85, "max_train_samples": 4000},
         training=CALIBRATION_48,
     ),
     # the same calibration tokens in 256-token blocks (batches of 2): statistics that see the positions the news
@@ -166,30 +153,26 @@ VARIANTS = {
         "taylor", pruning={**REFIT, "reconstruct_damping": 0.01}, data=GENERAL_TEXT
     ),
     # twice the optimizer steps (the schedule's fractions are the same, so 72 recovery steps instead of 36)
-    "dense_long": Variant("dense", training={"max_steps": 240}),
-    "taylor_proportional_long": Variant(
-        "taylor", pruning={"kind_budget": "proportional"}, training={"max_steps": 240}
-    ),
+    "dense_long": Variant("dense", training=LONG),
+    "taylor_proportional_long": Variant("taylor", pruning={"kind_budget": "proportional"}, training=LONG),
     # the in-domain levers together: twice the steps, the refit, distillation from the dense model fine-tuned as long
     "taylor_proportional_long_reconstruct": Variant(
-        "taylor", pruning={**REFIT, "reconstruct_damping": 1.0}, training={"max_steps": 240}
+        "taylor", pruning={**REFIT, "reconstruct_damping": 1.0}, training=LONG
     ),
-    "taylor_proportional_long_reconstruct_fisher": Variant(
-        "taylor", pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"}, training={"max_steps": 240}
-    ),
+    "taylor_proportional_long_reconstruct_fisher": Variant("taylor", pruning=FISHER_REFIT, training=LONG),
     "taylor_proportional_long_reconstruct_kd": Variant(
-        "taylor", pruning={**REFIT, "reconstruct_damping": 1.0}, training={"max_steps": 240}, distillation_weight=0.5
+        "taylor", pruning={**REFIT, "reconstruct_damping": 1.0}, training=LONG, distillation_weight=0.5
     ),
     "taylor_proportional_long_reconstruct_fisher_kd": Variant(
         "taylor",
-        pruning={**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"},
-        training={"max_steps": 240},
+        pruning=FISHER_REFIT,
+        training=LONG,
         distillation_weight=0.5,
     ),
     "taylor_proportional_long_reconstruct_refit_aware_kd": Variant(
         "taylor",
         pruning={**REFIT, "reconstruct_damping": 1.0, "refit_aware": True},
-        training={"max_steps": 240},
+        training=LONG,
         distillation_weight=0.5,
     ),
 }
