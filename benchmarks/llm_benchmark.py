@@ -525,12 +525,14 @@ SPEED_CELLS = (
 
 def _speed_cells(speeds: dict[str, dict], row: dict) -> list[str]:
     """Decode tok/s at batch 1 and 8 and prefill tok/s at batch 8; a pruned row with its ratio to the dense model of
-    its pair, the dense row with the mean of every pair's dense measurement."""
+    its pair, the dense row with the range of every pair's dense measurement (the machine's speed varies between
+    sessions, which is why each row is paired)."""
     if is_dense(row):
         pairs = list(speeds.values())
         if not pairs:
             return ["not measured"] * 3
-        return [f"{sum(p['dense'][b][k] for p in pairs) / len(pairs):.0f}" for b, k in SPEED_CELLS]
+        ranges = [sorted(p["dense"][b][k] for p in pairs) for b, k in SPEED_CELLS]
+        return [f"{r[0]:.0f}" if round(r[0]) == round(r[-1]) else f"{r[0]:.0f}-{r[-1]:.0f}" for r in ranges]
     pair = speeds.get(row_id(row))
     if pair is None:
         return ["not measured"] * 3
@@ -554,8 +556,9 @@ def markdown(args, by_seed: dict[int, list[dict]], raw_ref: str, speeds: dict[st
         f"tokens of the news articles of the gensim wheel (out of domain), {args.eval_window}-token windows; "
         "Tokens/s: greedy decoding of 32 tokens after a 64-token prompt and the prefill of that prompt (median of "
         "5), measured by `--measure_speed` on the idle machine for every row's shapes, each right after the dense "
-        "model (the ratio is to that pair's dense model; the dense row shows the mean of the pairs; newer pairs also "
-        f"measure the dense model after the row and are kept only if the two agree within {MAX_DENSE_DRIFT:.0%}). "
+        "model (the ratio is to that pair's dense model; newer pairs also measure the dense model after the row and are "
+        f"kept only if the two agree within {MAX_DENSE_DRIFT:.0%}). This shared machine runs at different speeds in "
+        "different sessions, so the dense row shows the range of its pairs and the ratios are what compare rows. "
         f"Seed {args.seed}; rows repeated with other seeds are listed below the targets.",
         "",
         "| method | target | removed | parameters | perplexity, tweets (vs dense) | perplexity, news (vs dense) | "
