@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -445,39 +446,54 @@ def same_shapes(dense: torch.nn.Module, row: dict) -> torch.nn.Module:
     return model.eval()
 
 
-MAX_DENSE_DRIFT = 0.10  # a pair is kept only if the dense model measured before and after agrees this well
-SPEED_ATTEMPTS = 3  # pairs tried per row before it is left to a later call
+SPEED_ROUNDS = 5  # back-to-back dense/pruned measurements per row; the cells are their medians
 
 
 def measure_speed(rows: list[dict], lm_args: CausalLMArguments, speed_file: Path) -> None:
-    """Tokens/s of every recorded row's shapes, each between two measurements of the dense model: a pair is kept
-    (against the mean of the two) only when they agree within `MAX_DENSE_DRIFT`; after `SPEED_ATTEMPTS` pairs that
-    do not, the row is left to a later call instead of getting a wrong ratio. Each pair is written as it finishes and
-    measured rows are skipped, so the column can be filled over several calls (run on an idle machine)."""
+    """Tokens/s of every recorded row's shapes against the dense model, interleaved: after one untimed run of each,
+    `SPEED_ROUNDS` rounds each time the dense model and then the row, seconds apart, so a change in the machine's
+    speed reaches both sides of a round alike. Every round is recorded; the cells are the medians. Each row is
+    written as it finishes and measured rows are skipped, so the column can be filled over several calls (run on an
+    idle machine)."""
     speeds = read_speeds(speed_file)
     dense, _ = load_causal_lm(lm_args)
     for row in rows:
         if is_dense(row) or row_id(row) in speeds:
             continue
         shapes = same_shapes(dense, row)
-        for attempt in range(1, SPEED_ATTEMPTS + 1):
-            before, pruned, after = speed(dense, lm_args), speed(shapes, lm_args), speed(dense, lm_args)
-            drift = max(abs(after[b][k] / before[b][k] - 1) for b in before for k in before[b])
-            if drift <= MAX_DENSE_DRIFT:
-                break
-            print(
-                f"{row_id(row)}: the dense model drifted {drift:.0%} (attempt {attempt}; is the machine idle?)",
-                flush=True,
-            )
-        else:
-            print(f"{row_id(row)}: not recorded", flush=True)
-            continue
-        mean = {b: {k: (before[b][k] + after[b][k]) / 2 for k in before[b]} for b in before}
-        speeds[row_id(row)] = {"dense": mean, "pruned": pruned, "dense_drift": drift}
-        print(row_id(row), f"dense drift {drift:.1%}", json.dumps(pruned), flush=True)
+        speed(dense, lm_args, repeats=1)  # warm-up, untimed
+        speed(shapes, lm_args, repeats=1)
+        rounds = [
+            {
+                "dense": speed(dense, lm_args, repeats=1, warmup=0),
+                "pruned": speed(shapes, lm_args, repeats=1, warmup=0),
+            }
+            for _ in range(SPEED_ROUNDS)
+        ]
+        median = {side: _median_speed([r[side] for r in rounds]) for side in ("dense", "pruned")}
+        speeds[row_id(row)] = {**median, "rounds": rounds}
+        print(row_id(row), json.dumps({b: _ratios(speeds[row_id(row)], b) for b in median["pruned"]}), flush=True)
         tmp = speed_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(speeds, indent=2) + "\n")
         os.replace(tmp, speed_file)
+
+
+def _median_speed(measurements: list[dict]) -> dict:
+    return {
+        b: {k: statistics.median(m[b][k] for m in measurements) for k in measurements[0][b]} for b in measurements[0]
+    }
+
+
+def _ratio(pair: dict, batch: str, key: str) -> float:
+    """Pruned over dense tok/s: the median of the rounds' ratios, or for a pair recorded before rounds, the ratio of
+    its single pruned measurement to its dense one."""
+    if "rounds" in pair:
+        return statistics.median(r["pruned"][batch][key] / r["dense"][batch][key] for r in pair["rounds"])
+    return pair["pruned"][batch][key] / pair["dense"][batch][key]
+
+
+def _ratios(pair: dict, batch: str) -> dict[str, float]:
+    return {k: round(_ratio(pair, batch, k), 3) for k in ("prefill_tokens_per_s", "decode_tokens_per_s")}
 
 
 def read_speeds(speed_file: Path) -> dict[str, dict]:
@@ -536,7 +552,7 @@ def _speed_cells(speeds: dict[str, dict], row: dict) -> list[str]:
     pair = speeds.get(row_id(row))
     if pair is None:
         return ["not measured"] * 3
-    return [f"{pair['pruned'][b][k]:.0f} ({pair['pruned'][b][k] / pair['dense'][b][k]:.2f}x)" for b, k in SPEED_CELLS]
+    return [f"{pair['pruned'][b][k]:.0f} ({_ratio(pair, b, k):.2f}x)" for b, k in SPEED_CELLS]
 
 
 def markdown(args, by_seed: dict[int, list[dict]], raw_ref: str, speeds: dict[str, dict]) -> str:
@@ -555,10 +571,11 @@ def markdown(args, by_seed: dict[int, list[dict]], raw_ref: str, speeds: dict[st
         f"Perplexity on {args.eval_tokens:,} held-out tweet tokens (in domain) and the first {args.eval_tokens:,} "
         f"tokens of the news articles of the gensim wheel (out of domain), {args.eval_window}-token windows; "
         "Tokens/s: greedy decoding of 32 tokens after a 64-token prompt and the prefill of that prompt (median of "
-        "5), measured by `--measure_speed` on the idle machine for every row's shapes, each right after the dense "
-        "model (the ratio is to that pair's dense model; newer pairs also measure the dense model after the row and are "
-        f"kept only if the two agree within {MAX_DENSE_DRIFT:.0%}). This shared machine runs at different speeds in "
-        "different sessions, so the dense row shows the range of its pairs and the ratios are what compare rows. "
+        "5), measured by `--measure_speed` on the idle machine for every row's shapes against the dense model (the "
+        "ratio is to that pair's dense model; the earliest pairs measured the dense model right before the row, later "
+        "ones before and after it and kept the pair only if the two agreed within 10 %, and the newest interleave "
+        f"{SPEED_ROUNDS} rounds of single runs of each, cells the medians). This shared machine runs at different "
+        "speeds in different sessions, so the dense row shows the range of its pairs and the ratios compare rows. "
         f"Seed {args.seed}; rows repeated with other seeds are listed below the targets.",
         "",
         "| method | target | removed | parameters | perplexity, tweets (vs dense) | perplexity, news (vs dense) | "

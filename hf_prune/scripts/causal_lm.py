@@ -205,10 +205,18 @@ def perplexities(model, data: LanguageModelingData, args: CausalLMArguments) -> 
     return {name: perplexity(model, ids, window=args.eval_window) for name, ids in data.eval_ids.items()}
 
 
-def speed(model, args: CausalLMArguments) -> dict[str, dict[str, float]]:
-    """Prefill and decode tokens/s at each batch size of `throughput_batch_sizes`."""
+def speed(model, args: CausalLMArguments, repeats: int = 5, warmup: int = 1) -> dict[str, dict[str, float]]:
+    """Prefill and decode tokens/s at each batch size of `throughput_batch_sizes` (median of `repeats` runs after
+    `warmup` untimed ones)."""
     return {
-        f"batch_{b}": throughput(model, batch_size=b, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
+        f"batch_{b}": throughput(
+            model,
+            batch_size=b,
+            prompt_tokens=args.prompt_tokens,
+            new_tokens=args.new_tokens,
+            repeats=repeats,
+            warmup=warmup,
+        )
         for b in args.throughput_batch_sizes
     }
 
