@@ -472,7 +472,7 @@ def measure_speed(rows: list[dict], lm_args: CausalLMArguments, speed_file: Path
         ]
         median = {side: _median_speed([r[side] for r in rounds]) for side in ("dense", "pruned")}
         speeds[row_id(row)] = {**median, "rounds": rounds}
-        print(row_id(row), json.dumps({b: _ratios(speeds[row_id(row)], b) for b in median["pruned"]}), flush=True)
+        print(row_id(row), *_speed_cells(speeds, row), flush=True)
         tmp = speed_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(speeds, indent=2) + "\n")
         os.replace(tmp, speed_file)
@@ -490,10 +490,6 @@ def _ratio(pair: dict, batch: str, key: str) -> float:
     if "rounds" in pair:
         return statistics.median(r["pruned"][batch][key] / r["dense"][batch][key] for r in pair["rounds"])
     return pair["pruned"][batch][key] / pair["dense"][batch][key]
-
-
-def _ratios(pair: dict, batch: str) -> dict[str, float]:
-    return {k: round(_ratio(pair, batch, k), 3) for k in ("prefill_tokens_per_s", "decode_tokens_per_s")}
 
 
 def read_speeds(speed_file: Path) -> dict[str, dict]:
