@@ -46,6 +46,7 @@ HALF_GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.45}  # 8
 REFIT = {"kind_budget": "proportional", "reconstruct": True}  # the ridge is set in each row
 FISHER_REFIT = {**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"}  # the levers of the best 20 % row
 LONG = {"max_steps": 240}  # twice the default steps
+LONGER = {"max_steps": 480}  # four times the default steps
 # what pruning alone costs: the pretrained model, 12 batches of statistics (learning rate 0), the target at finalize
 NO_TRAINING = {"learning_rate": 0.0, "max_steps": 12}
 ONE_SHOT = {**FISHER_REFIT, "schedule": "final", "prune_interval": 12}
@@ -79,6 +80,11 @@ VARIANTS = {
     "dense_half_general_long": Variant("dense", data=HALF_GENERAL_TEXT, training=LONG),
     "taylor_proportional_half_general_long_reconstruct_fisher_kd": dataclasses.replace(
         GENERAL_RECOVERY, training=LONG
+    ),
+    # and four times the steps (480, about half an epoch of the mix): the next point of the news gap's trend
+    "dense_half_general_longer": Variant("dense", data=HALF_GENERAL_TEXT, training=LONGER),
+    "taylor_proportional_half_general_longer_reconstruct_fisher_kd": dataclasses.replace(
+        GENERAL_RECOVERY, training=LONGER
     ),
     # the same recovery with distillation alone (α 1: no cross-entropy on the labels), or at four times the
     # learning rate (with its own dense row and teacher)
@@ -212,6 +218,10 @@ TITLES = {
     "dense_pretrained": "dense, not fine-tuned (the pretrained model)",
     "taylor_proportional_half_general_long_reconstruct_fisher_kd1": "Taylor, as the 240-step row on the tweets + 45 % "
     "Wikipedia blocks but distilled only (α 1: no cross-entropy on the labels)",
+    "dense_half_general_longer": "dense, fine-tuned on the tweets + 45 % Wikipedia blocks for four times the steps "
+    "(480)",
+    "taylor_proportional_half_general_longer_reconstruct_fisher_kd": "Taylor, as the 240-step row on the tweets + 45 % "
+    "Wikipedia blocks for four times the steps (480, vs the dense model fine-tuned as long, which is also the teacher)",
     "dense_half_general_long_lr2e4": "dense, fine-tuned on the tweets + 45 % Wikipedia blocks for 240 steps at "
     "learning rate 2e-4",
     "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd": "Taylor, as the 240-step row on the tweets + "
