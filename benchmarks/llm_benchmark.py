@@ -561,7 +561,7 @@ def _speed_cells(speeds: dict[str, dict], row: dict) -> list[str]:
     return [f"{pair['pruned'][b][k]:.0f} ({_ratio(pair, b, k):.2f}x)" for b, k in SPEED_CELLS]
 
 
-def markdown(args, by_seed: dict[int, list[dict]], raw_ref: str, speeds: dict[str, dict]) -> str:
+def markdown(args, by_seed: dict[int, list[dict]], raw_ref: str, figure_ref: str, speeds: dict[str, dict]) -> str:
     rows = by_seed[args.seed]
     dense = next((r for r in rows if r["method"] == "dense"), None)
     lines = [
@@ -583,6 +583,15 @@ def markdown(args, by_seed: dict[int, list[dict]], raw_ref: str, speeds: dict[st
         f"{SPEED_ROUNDS} rounds of single runs of each, cells the medians). This shared machine runs at different "
         "speeds in different sessions, so the dense row shows the range of its pairs and the ratios compare rows. "
         f"Seed {args.seed}; rows repeated with other seeds are listed below the targets.",
+        "",
+        f"![tweets and news perplexity change of every pruned row against the targets, and by recovery steps]"
+        f"({figure_ref})",
+        "",
+        "The figure: each point is a pruned row of the table at 20 % (left) and 40 % (middle), its perplexity change "
+        "on the tweets against that on the news, both against the dense model fine-tuned on the same data and "
+        "budget, means over the recorded seeds, log scales; the shaded band is the in-domain target and the dark "
+        "box at 20 % the region that meets both targets. Right: the best news recipe (each kind the target share, "
+        "Fisher ranking, refit, distillation, tweets + 45 % Wikipedia blocks) at 120, 240 and 480 steps.",
         "",
         "| method | target | removed | parameters | perplexity, tweets (vs dense) | perplexity, news (vs dense) | "
         "decode tok/s, batch 1 | decode tok/s, batch 8 | prefill tok/s, batch 8 | training |",
@@ -671,6 +680,103 @@ def targets(by_seed: dict[int, list[dict]], seed: int) -> list[str]:
     return lines if len(lines) > 1 else ["Targets: not evaluated yet (no pruned row with its dense row)."]
 
 
+# the general-mix recovery at 120, 240 and 480 steps: how fast recovery wins back the news
+STEPS_TREND = (
+    "taylor_proportional_half_general_reconstruct_fisher_kd",
+    "taylor_proportional_half_general_long_reconstruct_fisher_kd",
+    "taylor_proportional_half_general_longer_reconstruct_fisher_kd",
+)
+
+
+def family(row: dict) -> str:
+    """The kind of run a row is, for the figure's colours."""
+    variant = variant_of(row["method"])
+    if row["method"] == "torch_pruning_llm":
+        return "Torch-Pruning (peer)"
+    if variant.training.get("learning_rate") == 0.0:
+        return "pruning alone (pretrained, no recovery)"
+    return "recovery on tweets + Wikipedia" if variant.data.get("general_text") else "recovery on tweets"
+
+
+FAMILY_COLOURS = {
+    "recovery on tweets": "tab:blue",
+    "recovery on tweets + Wikipedia": "tab:green",
+    "pruning alone (pretrained, no recovery)": "tab:gray",
+    "Torch-Pruning (peer)": "tab:red",
+}
+
+
+def mean_change(by_seed: dict[int, list[dict]], method: str, target: float | None, split: str) -> float | None:
+    """The row's relative perplexity change in percent, the mean over the seeds that recorded it."""
+    changes = seed_changes(by_seed, method, target, split)
+    return 100 * statistics.fmean(changes.values()) if changes else None
+
+
+def plot(args, by_seed: dict[int, list[dict]], path: Path) -> None:
+    """Every pruned row's tweets and news perplexity change at 20 % and 40 % against the target region, and the
+    general-mix recovery's changes by optimizer steps (means over the recorded seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.2))
+    for ax, sparsity in zip(axes, TARGETS):
+        _rows_panel(ax, by_seed, args.seed, sparsity)
+    axes[0].legend(fontsize=8, loc="upper left")
+    _trend_panel(axes[2], by_seed, args.max_steps)
+    for ax in axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _rows_panel(ax, by_seed: dict[int, list[dict]], seed: int, sparsity: float) -> None:
+    """Tweets against news change of every pruned row at `sparsity`, coloured by family, with the target region."""
+    from matplotlib.patches import Rectangle
+
+    rows = [r for r in by_seed[seed] if r["target"] == sparsity]
+    for name, colour in FAMILY_COLOURS.items():
+        points = [
+            [max(1.0, mean_change(by_seed, r["method"], sparsity, s)) for s in ("tweets", "news")]  # log axes
+            for r in rows
+            if family(r) == name and reference(by_seed[seed], r) is not None
+        ]
+        if points:
+            ax.scatter(*zip(*points), color=colour, label=name, alpha=0.8)
+    limits = TARGETS[sparsity]
+    ax.axvspan(1, 100 * limits["tweets"], color="gold", alpha=0.15, label="in-domain target")
+    if "news" in limits:
+        box = (100 * limits["tweets"] - 1, 100 * limits["news"] - 1)
+        ax.add_patch(Rectangle((1, 1), *box, color="gold", alpha=0.6, label="both targets"))
+    ax.set(xscale="log", yscale="log", xlim=(5, None), ylim=(10, None), title=f"every pruned row at {sparsity:.0%}")
+    ax.set(xlabel="tweets perplexity vs dense (+%)", ylabel="news perplexity vs dense (+%)")
+    ax.grid(alpha=0.3, which="both")
+
+
+def _trend_panel(ax, by_seed: dict[int, list[dict]], default_steps: int) -> None:
+    """The general-mix recipe's tweets and news change by optimizer steps, at both sparsities."""
+    for sparsity, marker in zip(TARGETS, ("o", "s")):
+        for split, colour in (("tweets", "tab:blue"), ("news", "tab:orange")):
+            points = [
+                (variant_of(m).training.get("max_steps", default_steps), change)
+                for m in STEPS_TREND
+                if (change := mean_change(by_seed, m, sparsity, split)) is not None
+            ]
+            if points:
+                ax.plot(*zip(*points), marker=marker, color=colour, label=f"{split}, {sparsity:.0%}")
+    for limit, style in ((10, ":"), (20, "--")):
+        ax.axhline(limit, color="black", linestyle=style, linewidth=1, label=f"+{limit} % (a 20 % target)")
+    ax.set(xscale="log", yscale="log", xticks=[120, 240, 480], title="recovery on tweets + Wikipedia, by steps")
+    ax.set(xlabel="optimizer steps (8 x 64 tokens each)", ylabel="perplexity vs dense fine-tuned as long (+%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+
+
 def seeds(by_seed: dict[int, list[dict]]) -> list[str]:
     """The rows recorded under more than one seed: each seed's change against its own dense row, and the mean."""
     runs = sorted(
@@ -749,12 +855,14 @@ def report(args, log: RunLog, results: Path) -> None:
     if not rows:
         print("nothing recorded for these settings")
         return
+    figure = results / "llm_perplexity.png"
+    plot(args, by_seed, figure)
     raw = results / "llm.json"
     shapes_only = [{k: v for k, v in row.items() if k != "kept"} for row in rows]  # indices stay in the run log
     raw.write_text(json.dumps({"args": vars(args), "rows": shapes_only}, indent=2) + "\n")
     output = Path(args.output_md)
-    raw_ref = Path(os.path.relpath(raw, output.resolve().parent)).as_posix()
-    write_section("llm", markdown(args, by_seed, raw_ref, speeds), output)
+    raw_ref, figure_ref = (Path(os.path.relpath(p, output.resolve().parent)).as_posix() for p in (raw, figure))
+    write_section("llm", markdown(args, by_seed, raw_ref, figure_ref, speeds), output)
 
 
 if __name__ == "__main__":
