@@ -10,6 +10,7 @@ import platform
 import re
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -189,6 +190,16 @@ def run(name: str, splits, tokenizer, config, args: PruningArguments) -> dict:
     record.update(test_metrics(trainer, splits))
     print(json.dumps({k: v for k, v in record.items() if k not in ("layers", "config")}), flush=True)
     return record
+
+
+def mean_sd(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    """`mean ± sd` of `values` times `scale` (the mean alone for one value, "–" for none)."""
+    if not values:
+        return "–"
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
 def environment() -> str:

@@ -43,6 +43,7 @@ from common import (
     environment,
     finalized_record,
     fit,
+    mean_sd,
     pretrained_path,
     sentiment_splits,
     test_metrics,
@@ -255,15 +256,6 @@ def run_one_shot(method: str, args, splits, tokenizer, seed: int, workdir: str, 
 
 
 # -- reporting -----------------------------------------------------------------------------------------------------------
-def mean_sd(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    if not values:
-        return "–"
-    mean = statistics.fmean(values) * scale
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
-
-
 def bmrs_points(rows: list[dict]) -> dict[str, float]:
     """The mean sparsity each BMRS variant stopped at."""
     points = {}

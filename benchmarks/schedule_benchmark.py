@@ -43,6 +43,7 @@ from common import (
     environment,
     finalized_record,
     fit,
+    mean_sd,
     save_model_atomically,
     sentiment_splits,
     test_metrics,
@@ -264,15 +265,6 @@ def dense_rows(args, rows: list[dict]) -> list[dict]:
 
 
 # -- report ----------------------------------------------------------------------------------------------------------
-def mean_sd(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    if not values:
-        return "–"
-    mean = statistics.fmean(values) * scale
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
-
-
 def markdown(args, rows: list[dict], dense: list[dict], raw: str) -> str:
     budget = f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.epochs:g} epochs"
     lines = [
