@@ -81,7 +81,7 @@ VARIANTS = {
     "taylor_proportional_half_general_long_reconstruct_fisher_kd": dataclasses.replace(
         GENERAL_RECOVERY, training=LONG
     ),
-    # and four times the steps (480, about half an epoch of the mix): the next point of the news gap's trend
+    # and four times the steps (480, about a fifth of an epoch of the mix): the next point of the news gap's trend
     "dense_half_general_longer": Variant("dense", data=HALF_GENERAL_TEXT, training=LONGER),
     "taylor_proportional_half_general_longer_reconstruct_fisher_kd": dataclasses.replace(
         GENERAL_RECOVERY, training=LONGER
