@@ -760,10 +760,11 @@ def _rows_panel(ax, by_seed: dict[int, list[dict]], seed: int, sparsity: float) 
 
 def _trend_panel(ax, by_seed: dict[int, list[dict]], default_steps: int) -> None:
     """The general-mix recipe's tweets and news change by optimizer steps, at both sparsities."""
+    steps = {m: variant_of(m).training.get("max_steps", default_steps) for m in STEPS_TREND}
     for sparsity, marker in zip(TARGETS, ("o", "s")):
         for split, colour in (("tweets", "tab:blue"), ("news", "tab:orange")):
             points = [
-                (variant_of(m).training.get("max_steps", default_steps), change)
+                (steps[m], change)
                 for m in STEPS_TREND
                 if (change := mean_change(by_seed, m, sparsity, split)) is not None
             ]
@@ -771,7 +772,7 @@ def _trend_panel(ax, by_seed: dict[int, list[dict]], default_steps: int) -> None
                 ax.plot(*zip(*points), marker=marker, color=colour, label=f"{split}, {sparsity:.0%}")
     for limit, style in ((10, ":"), (20, "--")):
         ax.axhline(limit, color="black", linestyle=style, linewidth=1, label=f"+{limit} % (a 20 % target)")
-    ax.set(xscale="log", yscale="log", xticks=[120, 240, 480], title="recovery on tweets + Wikipedia, by steps")
+    ax.set(xscale="log", yscale="log", xticks=list(steps.values()), title="recovery on tweets + Wikipedia, by steps")
     ax.set(xlabel="optimizer steps (8 x 64 tokens each)", ylabel="perplexity vs dense fine-tuned as long (+%)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
