@@ -816,8 +816,8 @@ def missing(args, rows: list[dict]) -> list[str]:
         if lines:
             lines.append("")  # a paragraph of its own
         lines.append(
-            "Ablations recorded at another sparsity only (not scheduled at this one; the script runs them when "
-            "asked): " + "; ".join(other) + "."
+            "Ablations recorded at another sparsity only (not scheduled at this one; a run of the script without "
+            "`--methods` fills them in): " + "; ".join(other) + "."
         )
     return lines
 
