@@ -43,6 +43,7 @@ from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data
 
 GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.25}
 HALF_GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.45}  # 8,221 of the 8,591 blocks
+HALF_GENERAL_BLOCK256 = {**HALF_GENERAL_TEXT, "block_size": 256}  # the same tokens in 256-token blocks
 REFIT = {"kind_budget": "proportional", "reconstruct": True}  # the ridge is set in each row
 FISHER_REFIT = {**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"}  # the levers of the best 20 % row
 LONG = {"max_steps": 240}  # twice the default steps
@@ -96,6 +97,14 @@ VARIANTS = {
     ),
     "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd": dataclasses.replace(
         GENERAL_RECOVERY, training={**LONG, "learning_rate": 2e-4}
+    ),
+    # the 2e-4 recovery on the same tokens in 256-token blocks (batches of 2): the news is measured in 512-token
+    # windows, and 64-token blocks never train the pruned model past position 64
+    "dense_half_general_long_lr2e4_block256": Variant(
+        "dense", data=HALF_GENERAL_BLOCK256, training={**LONG, "learning_rate": 2e-4, "batch_size": 2}
+    ),
+    "taylor_proportional_half_general_long_lr2e4_block256_reconstruct_fisher_kd": dataclasses.replace(
+        GENERAL_RECOVERY, data=HALF_GENERAL_BLOCK256, training={**LONG, "learning_rate": 2e-4, "batch_size": 2}
     ),
     "dense_pretrained": Variant("dense", training=NO_TRAINING),
     "taylor_one_shot": Variant("taylor", pruning=ONE_SHOT, training=NO_TRAINING),
@@ -226,6 +235,11 @@ TITLES = {
     "learning rate 2e-4",
     "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd": "Taylor, as the 240-step row on the tweets + "
     "45 % Wikipedia blocks at learning rate 2e-4 (vs the dense model fine-tuned so, which is also the teacher)",
+    "dense_half_general_long_lr2e4_block256": "dense, fine-tuned on the tweets + 45 % Wikipedia blocks for 240 steps "
+    "at learning rate 2e-4, the same tokens in 256-token blocks (batches of 2)",
+    "taylor_proportional_half_general_long_lr2e4_block256_reconstruct_fisher_kd": "Taylor, as the 2e-4 row on the "
+    "tweets + 45 % Wikipedia blocks, the same tokens in 256-token blocks (batches of 2; vs the dense model fine-tuned "
+    "so, which is also the teacher)",
     "dense_pretrained_half_general": "dense, not fine-tuned (the pretrained model, run again with the data of the "
     "mix: the same model and perplexities)",
     "taylor_one_shot": "Taylor, one shot on the pretrained model, no recovery: each kind the target share, ranked by "
@@ -377,8 +391,14 @@ def calibration_batches(data, collator, count: int = 4, size: int = 4) -> list[d
 def dense_teacher_dir(args, lm_args: CausalLMArguments) -> Path:
     """Where the dense model fine-tuned with these settings and data is kept for the distilled rows (outside the
     repository)."""
-    general = {"general_text": lm_args.general_text, "general_fraction": lm_args.general_fraction}
-    return cached_model_dir("llm", {**run_key(args, "dense", None), **(general if lm_args.general_text else {})})
+    data = (
+        {"general_text": lm_args.general_text, "general_fraction": lm_args.general_fraction}
+        if lm_args.general_text
+        else {}
+    )
+    if lm_args.block_size != args.block_size:  # a row's own block size (its data), not the call's
+        data["block_size"] = lm_args.block_size
+    return cached_model_dir("llm", {**run_key(args, "dense", None), **data})
 
 
 def dense_teacher(args, lm_args: CausalLMArguments) -> torch.nn.Module:
