@@ -410,12 +410,15 @@ def dense_teacher(args, lm_args: CausalLMArguments) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(dense_teacher_dir(args, lm_args), dtype=torch.float32)
 
 
+def with_row_settings(method: str, args, lm_args: CausalLMArguments) -> tuple[argparse.Namespace, CausalLMArguments]:
+    """The call's arguments with the row's own training and data settings in place."""
+    variant = variant_of(method)
+    return argparse.Namespace(**{**vars(args), **variant.training}), dataclasses.replace(lm_args, **variant.data)
+
+
 def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments, workdir: str) -> dict:
     variant = variant_of(method)
-    args, lm_args = (
-        argparse.Namespace(**{**vars(args), **variant.training}),
-        dataclasses.replace(lm_args, **variant.data),
-    )
+    args, lm_args = with_row_settings(method, args, lm_args)
     model, tokenizer = load_causal_lm(lm_args)
     data = language_modeling_data(lm_args, tokenizer)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
