@@ -388,26 +388,31 @@ def calibration_batches(data, collator, count: int = 4, size: int = 4) -> list[d
     return [dict(collator(rows[i : i + size])) for i in range(0, len(rows), size)]
 
 
-def dense_teacher_dir(args, lm_args: CausalLMArguments) -> Path:
-    """Where the dense model fine-tuned with these settings and data is kept for the distilled rows (outside the
-    repository)."""
-    data = (
-        {"general_text": lm_args.general_text, "general_fraction": lm_args.general_fraction}
-        if lm_args.general_text
-        else {}
-    )
-    if lm_args.block_size != args.block_size:  # a row's own block size (its data), not the call's
-        data["block_size"] = lm_args.block_size
+def dense_teacher_dir(args, data: dict) -> Path:
+    """Where the dense model fine-tuned with these settings (`args`, with the row's training settings in place) and
+    the row's data settings (`data`) is kept for the distilled rows (outside the repository)."""
     return cached_model_dir("llm", {**run_key(args, "dense", None), **data})
 
 
-def dense_teacher(args, lm_args: CausalLMArguments) -> torch.nn.Module:
-    """The dense model fine-tuned with these settings and data (the dense row's run), trained and cached on first
-    use."""
-    if not dense_teacher_dir(args, lm_args).exists():
+def dense_row_of(method: str) -> str:
+    """The dense row fine-tuned on the same data and budget as `method`: its teacher and its reference."""
+    dense = next(
+        (m for m in METHODS if is_dense({"method": m}) and setting({"method": m}) == setting({"method": method})), None
+    )
+    if dense is None:
+        raise ValueError(f"{method} has no dense row with its data and training settings: add one to VARIANTS")
+    return dense
+
+
+def dense_teacher(method: str, args, lm_args: CausalLMArguments) -> torch.nn.Module:
+    """The dense model fine-tuned with the data and budget of `method` (its dense row's run), trained and cached on
+    first use."""
+    dense = dense_row_of(method)
+    folder = dense_teacher_dir(args, variant_of(dense).data)
+    if not folder.exists():
         with tempfile.TemporaryDirectory() as workdir:
-            run_one("dense", None, args, lm_args, workdir)
-    return AutoModelForCausalLM.from_pretrained(dense_teacher_dir(args, lm_args), dtype=torch.float32)
+            run_one(dense, None, args, lm_args, workdir)  # the row's settings are in place already: merging is a no-op
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 
 
 def with_row_settings(method: str, args, lm_args: CausalLMArguments) -> tuple[argparse.Namespace, CausalLMArguments]:
@@ -436,7 +441,7 @@ def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments,
         if method == "torch_pruning_llm":
             get_method(method).method_class.calibration = calibration_batches(data, collator)
         distillation = variant.distillation()
-        teacher = dense_teacher(args, lm_args) if distillation else None
+        teacher = dense_teacher(method, args, lm_args) if distillation else None
         trainer = PruningTrainer(
             model=model,
             args=training_arguments(args, workdir, **distillation),
@@ -448,8 +453,8 @@ def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments,
     start = time.perf_counter()
     trainer.train()
     row["train_seconds"] = time.perf_counter() - start
-    if variant.method == "dense" and not dense_teacher_dir(args, lm_args).exists():
-        save_model_atomically(model, dense_teacher_dir(args, lm_args))
+    if variant.method == "dense" and not dense_teacher_dir(args, variant.data).exists():
+        save_model_atomically(model, dense_teacher_dir(args, variant.data))
     row["train_loss"] = trainer.state.log_history[-1].get("train_loss")
     if variant.method != "dense":
         model = trainer.finalize(evaluate=False, measure_latency=False)
