@@ -9,6 +9,7 @@ DDP, with the same seeds and the same per-process data, as the reference. Rank 0
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -225,3 +226,8 @@ def main(output: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    # The report is written and the process group destroyed: skip the interpreter's teardown, where a gloo thread
+    # still joinable has aborted a rank under load ("terminate called without an active exception", exit -6).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
