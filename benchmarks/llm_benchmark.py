@@ -98,6 +98,11 @@ VARIANTS = {
     "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd": dataclasses.replace(
         GENERAL_RECOVERY, training={**LONG, "learning_rate": 2e-4}
     ),
+    # the 2e-4 recovery distilled at temperature 2: the teacher's softened distribution over the whole vocabulary,
+    # not mostly its top tokens
+    "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd_t2": dataclasses.replace(
+        GENERAL_RECOVERY, training={**LONG, "learning_rate": 2e-4}, distillation_temperature=2.0
+    ),
     # the 2e-4 recovery on the same tokens in 256-token blocks (batches of 2): the news is measured in 512-token
     # windows, and 64-token blocks never train the pruned model past position 64
     "dense_half_general_long_lr2e4_block256": Variant(
@@ -235,6 +240,8 @@ TITLES = {
     "learning rate 2e-4",
     "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd": "Taylor, as the 240-step row on the tweets + "
     "45 % Wikipedia blocks at learning rate 2e-4 (vs the dense model fine-tuned so, which is also the teacher)",
+    "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd_t2": "Taylor, as the 2e-4 row on the tweets + "
+    "45 % Wikipedia blocks, distilled at temperature 2 (T 1 elsewhere)",
     "dense_half_general_long_lr2e4_block256": "dense, fine-tuned on the tweets + 45 % Wikipedia blocks for 240 steps "
     "at learning rate 2e-4, the same tokens in 256-token blocks (batches of 2)",
     "taylor_proportional_half_general_long_lr2e4_block256_reconstruct_fisher_kd": "Taylor, as the 2e-4 row on the "
