@@ -43,6 +43,7 @@ from hf_prune.scripts.causal_lm import CausalLMArguments, language_modeling_data
 
 GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.25}
 HALF_GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.45}  # 8,221 of the 8,591 blocks
+MOSTLY_GENERAL_TEXT = {"general_text": "wikipedia", "general_fraction": 0.85, "max_train_samples": 4000}
 HALF_GENERAL_BLOCK256 = {**HALF_GENERAL_TEXT, "block_size": 256}  # the same tokens in 256-token blocks
 REFIT = {"kind_budget": "proportional", "reconstruct": True}  # the ridge is set in each row
 FISHER_REFIT = {**REFIT, "reconstruct_damping": 1.0, "criterion": "fisher"}  # the levers of the best 20 % row
@@ -103,6 +104,12 @@ VARIANTS = {
     "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd_t2": dataclasses.replace(
         GENERAL_RECOVERY, training={**LONG, "learning_rate": 2e-4}, distillation_temperature=2.0
     ),
+    # the 2e-4 recovery on mostly general text (85 % Wikipedia blocks, 4,000 tweets): how much of the news gap a mix
+    # that leans towards general text wins back, and what it costs the tweets
+    "dense_general85_long_lr2e4": Variant("dense", data=MOSTLY_GENERAL_TEXT, training={**LONG, "learning_rate": 2e-4}),
+    "taylor_proportional_general85_long_lr2e4_reconstruct_fisher_kd": dataclasses.replace(
+        GENERAL_RECOVERY, data=MOSTLY_GENERAL_TEXT, training={**LONG, "learning_rate": 2e-4}
+    ),
     # the 2e-4 recovery on the same tokens in 256-token blocks (batches of 2): the news is measured in 512-token
     # windows, and 64-token blocks never train the pruned model past position 64
     "dense_half_general_long_lr2e4_block256": Variant(
@@ -140,7 +147,7 @@ VARIANTS = {
     "taylor_one_shot_general85_calib48": Variant(
         "taylor",
         pruning={**ONE_SHOT, "prune_interval": 48},
-        data={"general_text": "wikipedia", "general_fraction": 0.85, "max_train_samples": 4000},
+        data=MOSTLY_GENERAL_TEXT,
         training=CALIBRATION_48,
     ),
     # the same calibration tokens in 256-token blocks (batches of 2): statistics that see the positions the news
@@ -242,6 +249,10 @@ TITLES = {
     "45 % Wikipedia blocks at learning rate 2e-4 (vs the dense model fine-tuned so, which is also the teacher)",
     "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd_t2": "Taylor, as the 2e-4 row on the tweets + "
     "45 % Wikipedia blocks, distilled at temperature 2 (T 1 elsewhere)",
+    "dense_general85_long_lr2e4": "dense, fine-tuned on 4,000 tweets + 85 % Wikipedia blocks for 240 steps at "
+    "learning rate 2e-4",
+    "taylor_proportional_general85_long_lr2e4_reconstruct_fisher_kd": "Taylor, as the 2e-4 row but on 4,000 tweets + "
+    "85 % Wikipedia blocks (vs the dense model fine-tuned so, which is also the teacher)",
     "dense_half_general_long_lr2e4_block256": "dense, fine-tuned on the tweets + 45 % Wikipedia blocks for 240 steps "
     "at learning rate 2e-4, the same tokens in 256-token blocks (batches of 2)",
     "taylor_proportional_half_general_long_lr2e4_block256_reconstruct_fisher_kd": "Taylor, as the 2e-4 row on the "
