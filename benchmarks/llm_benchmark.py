@@ -415,12 +415,10 @@ def dense_teacher_dir(args, data: dict) -> Path:
 
 def dense_row_of(method: str) -> str:
     """The dense row fine-tuned on the same data and budget as `method`: its teacher and its reference."""
-    dense = next(
-        (m for m in METHODS if is_dense({"method": m}) and setting({"method": m}) == setting({"method": method})), None
-    )
+    dense = reference([{"method": m} for m in METHODS], {"method": method})
     if dense is None:
         raise ValueError(f"{method} has no dense row with its data and training settings: add one to VARIANTS")
-    return dense
+    return dense["method"]
 
 
 def dense_teacher(method: str, args, lm_args: CausalLMArguments) -> torch.nn.Module:
@@ -472,8 +470,9 @@ def run_one(method: str, target: float | None, args, lm_args: CausalLMArguments,
     start = time.perf_counter()
     trainer.train()
     row["train_seconds"] = time.perf_counter() - start
-    if variant.method == "dense" and not dense_teacher_dir(args, variant.data).exists():
-        save_model_atomically(model, dense_teacher_dir(args, variant.data))
+    teacher_dir = dense_teacher_dir(args, variant.data)
+    if variant.method == "dense" and not teacher_dir.exists():
+        save_model_atomically(model, teacher_dir)
     row["train_loss"] = trainer.state.log_history[-1].get("train_loss")
     if variant.method != "dense":
         model = trainer.finalize(evaluate=False, measure_latency=False)
