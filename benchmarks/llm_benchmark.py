@@ -9,10 +9,11 @@ of domain), prefill and decode tokens/s at batch 1 and 8, parameters and trainin
 repeated with `--seed 1` (with their own dense row) are listed with the mean change, and the targets judge the mean.
 
 Finished runs are appended to `benchmarks/results/llm_runs.jsonl`; a later call skips them, so the table fills over
-several sessions. `--report_only` rewrites the BENCHMARKS.md section from what is recorded.
+several sessions; a pruned row whose dense row is not recorded yet (under a new seed, say) runs after it.
+`--report_only` rewrites the BENCHMARKS.md section from what is recorded.
 
     python benchmarks/llm_benchmark.py                                   # every row (~15 min each on 2 cores)
-    python benchmarks/llm_benchmark.py --methods dense bingo --sparsities 0.4
+    python benchmarks/llm_benchmark.py --methods bingo --sparsities 0.4 --seed 1   # and the dense row under seed 1
     python benchmarks/llm_benchmark.py --max_steps 2 --eval_tokens 256 --eval_window 128 --max_train_samples 200 \\
         --methods dense magnitude --sparsities 0.2 --results_dir /tmp/llm --output_md /tmp/B.md   # smoke run
 """
@@ -419,6 +420,17 @@ def dense_row_of(method: str) -> str:
     if dense is None:
         raise ValueError(f"{method} has no dense row with its data and training settings: add one to VARIANTS")
     return dense["method"]
+
+
+def with_dense_rows(methods: list[str]) -> list[str]:
+    """`methods` in order, each pruned row preceded by its dense row (its reference, and its teacher where it
+    distils), so that a call for a pruned row alone, or under a new seed, also records what it is compared with."""
+    ordered = []
+    for method in methods:
+        for row in (method,) if is_dense({"method": method}) else (dense_row_of(method), method):
+            if row not in ordered:
+                ordered.append(row)
+    return ordered
 
 
 def dense_teacher(method: str, args, lm_args: CausalLMArguments) -> torch.nn.Module:
@@ -882,7 +894,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.measure_speed:
         measure_speed(recorded_rows(args, log), lm_args, results / "llm_speed.json")
         args.report_only = True
-    for method in args.methods:
+    for method in with_dense_rows(args.methods):
         for target in targets_of(method, args.sparsities):
             key = run_key(args, method, target)
             if args.report_only or log.find(key) is not None:

@@ -51,3 +51,16 @@ def test_teachers_of_other_settings_are_kept_apart(bench, monkeypatch, tmp_path)
     # a row whose data differ only in their block size (not a flag of the call) has a teacher of its own
     args = bench.parse_args([])
     assert bench.dense_teacher_dir(args, {"block_size": 4 * args.block_size}) != bench.dense_teacher_dir(args, {})
+
+
+def test_a_pruned_row_alone_runs_after_its_dense_row(bench):
+    distilled = "taylor_proportional_half_general_long_lr2e4_block256_reconstruct_fisher_kd"
+    assert bench.with_dense_rows([distilled, "taylor"]) == [
+        "dense_half_general_long_lr2e4_block256",
+        distilled,
+        "dense",
+        "taylor",
+    ]
+    # dense rows asked for explicitly keep their place and are not run twice
+    assert bench.with_dense_rows(["dense", "taylor", "magnitude"]) == ["dense", "taylor", "magnitude"]
+    assert set(bench.with_dense_rows(list(bench.METHODS))) == set(bench.METHODS)
