@@ -231,6 +231,15 @@ def test_distils_from_the_model_as_loaded_or_from_a_given_folder(example, checkp
     assert json.loads((tmp_path / "folder" / "metrics.json").read_text())["distillation"] == results["distillation"]
 
 
+def test_distils_the_blocks_outputs_alone(example, checkpoint, corpus, tmp_path):
+    """`--distillation_hidden_weight` without the logit KL still loads the teacher and reports the blocks' error."""
+    results = run(example, [*small(checkpoint, corpus, tmp_path), "--distillation_hidden_weight", "1.0"])
+    distillation = results["distillation"]
+    assert distillation["weight"] == 0.0 and distillation["hidden_weight"] == 1.0
+    assert 0 < distillation["final_hidden"] < 1  # relative to the teacher's states: zero before the first update
+    assert results["reload"]["same_greedy_tokens"]
+
+
 def test_without_distillation_there_is_no_teacher(example, checkpoint, corpus, tmp_path):
     with pytest.raises(ValueError, match="distillation_weight is 0"):
         run(example, [*small(checkpoint, corpus, tmp_path), "--teacher_model_name_or_path", str(checkpoint)])
