@@ -112,10 +112,12 @@ def gradients(output: Path, average_tokens: bool) -> None:
 
 def distilled_gradients(output: Path, average_tokens: bool) -> None:
     """The same for a causal LM (loss normalised by `num_items_in_batch`) distilled from a teacher: the mixed task
-    loss and KL must give the same averaged gradients on 1 and 2 processes."""
+    loss, KL and hidden-state error must give the same averaged gradients on 1 and 2 processes."""
     family = FAMILY["llama"]  # no dropout
     callback = FirstGradients()
-    args = one_step_arguments(output / "grads_kd", average_tokens, distillation_weight=0.5)
+    args = one_step_arguments(
+        output / "grads_kd", average_tokens, distillation_weight=0.5, distillation_hidden_weight=1.0
+    )
     trainer = PruningTrainer(
         model=build(family),
         args=args,
