@@ -60,7 +60,8 @@ class PruningTrainer(Trainer):
         pruning_config (`PruningConfig`, *optional*): what to prune and how (e.g. `RandomConfig(target_sparsity=0.5)`).
         teacher_model (`nn.Module`, *optional*): a dense model of the same task and tokenizer to distil from while
             units are removed (needs `args.distillation_weight > 0` or `args.distillation_hidden_weight > 0`); e.g.
-            the dense model fine-tuned on the same data, or the pretrained model itself. It is frozen, kept in eval mode and moved to the training device.
+            the dense model fine-tuned on the same data, or the pretrained model itself. It is frozen, kept in eval
+            mode and moved to the training device.
         **kwargs: everything `transformers.Trainer` accepts.
 
     Example:
