@@ -54,9 +54,9 @@ class CausalLMArguments:
     teacher_model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A local causal-LM folder to distil from when --distillation_weight or --distillation_hidden_weight "
-            "is above 0 (e.g. the dense model fine-tuned on the same data); default: a frozen copy of the model as "
-            "loaded, before fine-tuning."
+            "help": "A local causal-LM folder to distil from when --distillation_weight or "
+            "--distillation_hidden_weight is above 0 (e.g. the dense model fine-tuned on the same data); default: a "
+            "frozen copy of the model as loaded, before fine-tuning."
         },
     )
     train_file: str | None = field(
