@@ -49,11 +49,8 @@ def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
 
 def check_hidden_teacher(student: nn.Module, teacher: nn.Module) -> None:
     """Refuse a teacher whose blocks cannot be matched one to one with the student's (another depth or width)."""
-    shape = {
-        name: (getattr(student.config, name, None), getattr(teacher.config, name, None))
-        for name in ("num_hidden_layers", "hidden_size")
-    }
-    for name, (mine, theirs) in shape.items():
+    for name in ("num_hidden_layers", "hidden_size"):
+        mine, theirs = getattr(student.config, name, None), getattr(teacher.config, name, None)
         if mine != theirs:
             raise ValueError(
                 f"distillation_hidden_weight > 0 matches every block's output with the teacher's, but the teacher has "

@@ -15,7 +15,7 @@ from hf_prune import BingoConfig, BmrsConfig, MagnitudeConfig, PruningArguments,
 from hf_prune.distillation import distillation_terms
 from hf_prune.mapping import get_pruning_state
 
-from .tiny_models import FAMILY, arguments, build, dataset, method_config
+from .tiny_models import FAMILY, arguments, build, dataset, distilling_trainer, trained_with_teacher
 
 
 def _brute_force_kl(student, teacher, labels, temperature, shift):
@@ -62,20 +62,8 @@ def test_class_kl_matches_brute_force():
     assert float(same) == pytest.approx(0.0, abs=1e-6)
 
 
-def _trainer(tmp_path, weight, family_name="llama", **overrides):
-    family = FAMILY[family_name]
-    options = dict(max_steps=4, save_strategy="no", logging_steps=1, distillation_weight=weight, **overrides)
-    return PruningTrainer(
-        model=build(family, seed=0),
-        args=arguments(tmp_path, **options),
-        pruning_config=MagnitudeConfig(target_sparsity=0.3),
-        train_dataset=dataset(family, 32),
-        teacher_model=build(family, seed=1) if weight > 0 else None,
-    )
-
-
 def test_loss_mixes_task_loss_and_kl(tmp_path):
-    trainer = _trainer(tmp_path, weight=0.3, distillation_temperature=2.0)  # llama: no dropout
+    trainer = distilling_trainer(tmp_path, distillation_weight=0.3, distillation_temperature=2.0)  # llama: no dropout
     batch = {k: torch.tensor(v) for k, v in dataset(FAMILY["llama"], 4)[:4].items()}
     model = trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by train() otherwise
@@ -93,10 +81,10 @@ def test_loss_mixes_task_loss_and_kl(tmp_path):
 def test_logged_terms_add_up_to_the_loss(tmp_path, accumulation, family):
     """Under the token normalisation of a causal LM (`num_items_in_batch`) and the mean loss of a classifier, with
     and without accumulation, the logged task loss and KL are means per optimizer step whose mix is the logged loss."""
-    trainer = _trainer(
+    trainer = distilling_trainer(
         tmp_path,
-        weight=0.4,
-        family_name=family,
+        family,
+        distillation_weight=0.4,
         per_device_train_batch_size=8 // accumulation,
         gradient_accumulation_steps=accumulation,
     )
@@ -187,15 +175,7 @@ def test_distillation_pulls_the_model_to_the_teacher(tmp_path):
         return float(total) / count
 
     def trained(weight):
-        trainer = PruningTrainer(
-            model=build(family, seed=0),
-            args=arguments(tmp_path, max_steps=40, save_strategy="no", distillation_weight=weight, learning_rate=3e-3),
-            pruning_config=method_config("magnitude", 0.2),
-            train_dataset=train,
-            teacher_model=teacher if weight > 0 else None,
-        )
-        trainer.train()
-        return trainer.model
+        return trained_with_teacher(tmp_path, family, train, teacher, distillation_weight=weight)
 
     distilled, control = kl_to_teacher(trained(1.0)), kl_to_teacher(trained(0.0))
     assert distilled < 0.5 * control

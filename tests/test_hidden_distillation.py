@@ -11,7 +11,7 @@ import transformers as tf
 from hf_prune import MagnitudeConfig, PruningArguments, PruningTrainer
 from hf_prune.distillation import distillation_terms, hidden_state_terms
 
-from .tiny_models import FAMILY, arguments, build, dataset, method_config
+from .tiny_models import FAMILY, arguments, build, dataset, distilling_trainer, trained_with_teacher
 
 
 def _brute_force_error(student, teacher, positions):
@@ -74,27 +74,10 @@ def test_the_error_is_blind_to_the_scale_of_the_stream():
     assert float(scaled) == pytest.approx(float(total), rel=1e-4)
 
 
-def _trainer(tmp_path, family_name="llama", weight=0.3, hidden=2.0, **overrides):
-    family = FAMILY[family_name]
-    options = dict(
-        max_steps=4,
-        save_strategy="no",
-        logging_steps=1,
-        distillation_weight=weight,
-        distillation_hidden_weight=hidden,
-        **overrides,
-    )
-    return PruningTrainer(
-        model=build(family, seed=0),
-        args=arguments(tmp_path, **options),
-        pruning_config=MagnitudeConfig(target_sparsity=0.3),
-        train_dataset=dataset(family, 32),
-        teacher_model=build(family, seed=1),
-    )
-
-
 def test_loss_adds_the_hidden_term(tmp_path):
-    trainer = _trainer(tmp_path, weight=0.3, hidden=2.0)  # llama: no dropout
+    trainer = distilling_trainer(
+        tmp_path, distillation_weight=0.3, distillation_hidden_weight=2.0
+    )  # llama: no dropout
     batch = {k: torch.tensor(v) for k, v in dataset(FAMILY["llama"], 4)[:4].items()}
     model = trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by train() otherwise
@@ -115,11 +98,11 @@ def test_loss_adds_the_hidden_term(tmp_path):
 def test_logged_terms_add_up_to_the_loss(tmp_path, accumulation, family):
     """Under a causal LM's token normalisation and a classifier's mean loss, with and without accumulation, the
     logged task loss, KL and hidden-state error mix into the logged loss."""
-    trainer = _trainer(
+    trainer = distilling_trainer(
         tmp_path,
-        family_name=family,
-        weight=0.4,
-        hidden=0.5,
+        family,
+        distillation_weight=0.4,
+        distillation_hidden_weight=0.5,
         per_device_train_batch_size=8 // accumulation,
         gradient_accumulation_steps=accumulation,
     )
@@ -149,17 +132,7 @@ def test_hidden_distillation_alone_brings_the_blocks_to_the_teacher(tmp_path):
         return float(total) / count
 
     def trained(hidden):
-        trainer = PruningTrainer(
-            model=build(family, seed=0),
-            args=arguments(
-                tmp_path, max_steps=40, save_strategy="no", distillation_hidden_weight=hidden, learning_rate=3e-3
-            ),
-            pruning_config=method_config("magnitude", 0.2),
-            train_dataset=train,
-            teacher_model=teacher if hidden > 0 else None,
-        )
-        trainer.train()
-        return trainer.model
+        return trained_with_teacher(tmp_path, family, train, teacher, distillation_hidden_weight=hidden)
 
     distilled, control = error_to_teacher(trained(1.0)), error_to_teacher(trained(0.0))
     assert distilled < 0.5 * control

@@ -255,6 +255,39 @@ def arguments(tmp_path, **overrides):
     return PruningArguments(**{**defaults, **overrides})
 
 
+def distilling_trainer(tmp_path, family_name: str = "llama", **overrides):
+    """A `PruningTrainer` for 4 steps, logging each, while magnitude removes 30 %, distilled from a tiny model of
+    another seed when `overrides` (`PruningArguments` fields) set a distillation weight."""
+    from hf_prune import MagnitudeConfig, PruningTrainer
+
+    family = FAMILY[family_name]
+    args = arguments(tmp_path, **{"max_steps": 4, "save_strategy": "no", "logging_steps": 1, **overrides})
+    return PruningTrainer(
+        model=build(family, seed=0),
+        args=args,
+        pruning_config=MagnitudeConfig(target_sparsity=0.3),
+        train_dataset=dataset(family, 32),
+        teacher_model=build(family, seed=1) if args.distils else None,
+    )
+
+
+def trained_with_teacher(tmp_path, family: Family, train, teacher, **distillation) -> torch.nn.Module:
+    """A tiny model trained for 40 steps while magnitude removes 20 %, distilled from `teacher` with the
+    `PruningArguments` weights in `distillation` (no teacher when they are all 0): the runs behind the tests that
+    distillation pulls the model towards its teacher."""
+    from hf_prune import PruningTrainer
+
+    trainer = PruningTrainer(
+        model=build(family, seed=0),
+        args=arguments(tmp_path, max_steps=40, save_strategy="no", learning_rate=3e-3, **distillation),
+        pruning_config=method_config("magnitude", 0.2),
+        train_dataset=train,
+        teacher_model=teacher if any(distillation.values()) else None,
+    )
+    trainer.train()
+    return trainer.model
+
+
 def trainer_for(model, config, tmp_path, steps: int = 6, args: dict | None = None, **kwargs):
     """A `PruningTrainer` for `steps` optimizer steps without checkpoints or logging; `args` overrides arguments,
     `kwargs` go to the trainer (datasets, callbacks, ...)."""
