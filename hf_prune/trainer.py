@@ -178,9 +178,10 @@ class PruningTrainer(Trainer):
             self._task_loss_sum += self._step_share(loss, num_items_in_batch)
             self._task_loss_steps += 1 / self.current_gradient_accumulation_steps
         if distilling:
-            weight = self.args.distillation_weight
             kl, hidden_error = self._distillation_loss(inputs, labels, outputs, num_items_in_batch, hidden)
-            loss = (1 - weight) * loss + weight * kl.to(loss.dtype)
+            if kl is not None:
+                weight = self.args.distillation_weight
+                loss = (1 - weight) * loss + weight * kl.to(loss.dtype)
             if hidden_error is not None:
                 loss = loss + self.args.distillation_hidden_weight * hidden_error.to(loss.dtype)
             if is_prepared(self.pruned_model):  # gradient statistics are for the loss trained
@@ -200,30 +201,33 @@ class PruningTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _distillation_loss(self, inputs, labels, outputs, num_items_in_batch, hidden: bool):
-        """The KL to the teacher over the task loss's terms, and with `hidden` the hidden-state error over the same
-        terms (else `None`), normalised the way the Trainer normalises that loss."""
+        """The KL to the teacher over the task loss's terms (with `distillation_weight > 0`), and with `hidden` the
+        hidden-state error over the same terms, each normalised the way the Trainer normalises that loss; `None` for
+        a term that is off, so that β alone pays for no full-vocabulary softmax."""
         with torch.no_grad():
             teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
             teacher_outputs = self.teacher_model(**teacher_inputs)
-        teacher_logits = teacher_outputs["logits"] if isinstance(teacher_outputs, dict) else teacher_outputs[0]
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
         shift = getattr(self, "_loss_shifts_labels", False)
-        total, count = distillation_terms(logits, teacher_logits, labels, self.args.distillation_temperature, shift)
-        kl = self._normalised(total, count, num_items_in_batch)
-        self._distillation_sum += self._step_share(kl, num_items_in_batch)
         self._distillation_steps += 1 / self.current_gradient_accumulation_steps
-        if not hidden:
-            return kl, None
-        total, count = hidden_state_terms(
-            outputs["hidden_states"],
-            teacher_outputs["hidden_states"],
-            labels,
-            inputs.get("attention_mask"),
-            token_level=logits.dim() > 2,
-            shift_labels=shift,
-        )
-        error = self._normalised(total, count, num_items_in_batch)
-        self._hidden_sum += self._step_share(error, num_items_in_batch)
+        kl = error = None
+        if self.args.distillation_weight > 0:
+            teacher_logits = teacher_outputs["logits"] if isinstance(teacher_outputs, dict) else teacher_outputs[0]
+            temperature = self.args.distillation_temperature
+            total, count = distillation_terms(logits, teacher_logits, labels, temperature, shift)
+            kl = self._normalised(total, count, num_items_in_batch)
+            self._distillation_sum += self._step_share(kl, num_items_in_batch)
+        if hidden:
+            total, count = hidden_state_terms(
+                outputs["hidden_states"],
+                teacher_outputs["hidden_states"],
+                labels,
+                inputs.get("attention_mask"),
+                token_level=logits.dim() > 2,
+                shift_labels=shift,
+            )
+            error = self._normalised(total, count, num_items_in_batch)
+            self._hidden_sum += self._step_share(error, num_items_in_batch)
         return kl, error
 
     def _normalised(self, total: torch.Tensor, count: int, num_items_in_batch) -> torch.Tensor:
@@ -288,8 +292,9 @@ class PruningTrainer(Trainer):
                 logs["pruning/task_loss"] = float(self._mean_over_processes(task))
                 self._task_loss_sum, self._task_loss_steps = 0.0, 0.0
         if self._distillation_steps:
-            kl = self._distillation_sum / self._distillation_steps
-            logs["distillation/kl"] = float(self._mean_over_processes(kl))
+            if self.args.distillation_weight > 0:
+                kl = self._distillation_sum / self._distillation_steps
+                logs["distillation/kl"] = float(self._mean_over_processes(kl))
             if self.args.distillation_hidden_weight > 0:
                 hidden = self._hidden_sum / self._distillation_steps
                 logs["distillation/hidden"] = float(self._mean_over_processes(hidden))

@@ -9,6 +9,7 @@ import torch
 import transformers as tf
 
 from hf_prune import MagnitudeConfig, PruningArguments, PruningTrainer
+from hf_prune import trainer as trainer_module
 from hf_prune.distillation import distillation_terms, hidden_state_terms
 
 from .tiny_models import FAMILY, arguments, build, dataset, distilling_trainer, trained_with_teacher
@@ -113,6 +114,28 @@ def test_logged_terms_add_up_to_the_loss(tmp_path, accumulation, family):
         assert h["distillation/hidden"] > 0
         mixed = 0.6 * h["pruning/task_loss"] + 0.4 * h["distillation/kl"] + 0.5 * h["distillation/hidden"]
         assert mixed == pytest.approx(h["loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_hidden_term_alone_skips_the_logit_kl(tmp_path, monkeypatch, accumulation):
+    """With α 0 the full-vocabulary KL is neither computed nor logged, and the loss is the task loss plus β·E."""
+
+    def not_called(*args, **kwargs):
+        raise AssertionError("the logit KL was computed with distillation_weight=0")
+
+    monkeypatch.setattr(trainer_module, "distillation_terms", not_called)
+    trainer = distilling_trainer(
+        tmp_path,
+        distillation_hidden_weight=0.5,
+        per_device_train_batch_size=8 // accumulation,
+        gradient_accumulation_steps=accumulation,
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 4
+    for h in logs:
+        assert "distillation/kl" not in h and h["distillation/hidden"] > 0
+        assert h["pruning/task_loss"] + 0.5 * h["distillation/hidden"] == pytest.approx(h["loss"], rel=1e-3)
 
 
 def test_hidden_distillation_alone_brings_the_blocks_to_the_teacher(tmp_path):
