@@ -231,6 +231,31 @@ def test_distils_from_the_model_as_loaded_or_from_a_given_folder(example, checkp
     assert json.loads((tmp_path / "folder" / "metrics.json").read_text())["distillation"] == results["distillation"]
 
 
+def test_target_zero_fine_tunes_the_dense_teacher_of_a_distilled_run(example, checkpoint, corpus, tmp_path):
+    """The two runs of the distillation recipe (examples/README.md): `--target_sparsity 0` fine-tunes the model and
+    removes nothing, and its export is the teacher of a run that prunes heads and neurons each their share."""
+    dense = run(
+        example, [*small(checkpoint, corpus, tmp_path / "dense"), "--target_sparsity", "0", "--reconstruct", "false"]
+    )
+    assert dense["sparsity"] == 0.0 and dense["parameters"]["after"] == dense["parameters"]["before"]
+    assert dense["perplexity"]["tweets"]["after"] < dense["perplexity"]["tweets"]["before"]  # it was fine-tuned
+    teacher = tmp_path / "dense" / "pruned"
+    assert dense["reload"]["stock_config"] and dense["reload"]["same_greedy_tokens"]
+    loaded = AutoModelForCausalLM.from_pretrained(checkpoint).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(teacher).state_dict()
+    assert loaded.keys() == tuned.keys() and not all(torch.equal(loaded[k], tuned[k]) for k in loaded)
+
+    argv = [
+        *small(checkpoint, corpus, tmp_path / "pruned"), "--prune_heads", "true", "--uniform_layers", "false",
+        "--kind_budget", "proportional", "--criterion", "fisher", "--min_heads_per_layer", "1",
+        "--distillation_weight", "0.5", "--teacher_model_name_or_path", str(teacher),
+    ]  # fmt: skip
+    pruned = run(example, argv)
+    assert pruned["distillation"]["teacher"] == str(teacher) and pruned["distillation"]["final_kl"] > 0
+    assert 0.1 <= pruned["sparsity"] <= 0.3 and all(layer["kv_heads"] >= 1 for layer in pruned["layers"])
+    assert pruned["reload"]["same_greedy_tokens"]
+
+
 def test_distils_the_blocks_outputs_alone(example, checkpoint, corpus, tmp_path):
     """`--distillation_hidden_weight` without the logit KL still loads the teacher and reports the blocks' error."""
     results = run(example, [*small(checkpoint, corpus, tmp_path), "--distillation_hidden_weight", "1.0"])
