@@ -48,6 +48,7 @@ benchmarks: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/schedule_benchmark.py --train_samples 1000 --epochs 5 --sparsities 0.5 \
 		--methods dense BMRS_N
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/llm_benchmark.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/causal_lm_recipe.py
 
 quality: $(STAMP)
 	$(BIN)/ruff check hf_prune tests examples benchmarks

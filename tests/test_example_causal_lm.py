@@ -8,10 +8,11 @@ import json
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .tiny_models import needs_embedded_data, needs_llm_packages, needs_news_articles
 
@@ -254,6 +255,27 @@ def test_target_zero_fine_tunes_the_dense_teacher_of_a_distilled_run(example, ch
     assert pruned["distillation"]["teacher"] == str(teacher) and pruned["distillation"]["final_kl"] > 0
     assert 0.1 <= pruned["sparsity"] <= 0.3 and all(layer["kv_heads"] >= 1 for layer in pruned["layers"])
     assert pruned["reload"]["same_greedy_tokens"]
+
+
+def test_readme_decoder_snippet_runs(checkpoint, corpus, tmp_path, monkeypatch):
+    """The README's decoder-LLM code, as written, on the tiny checkpoint (only the step count is cut)."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("**A decoder LLM.**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "max_steps=240" in code
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    lines = corpus["train"].read_text().splitlines()[:64]
+    blocks = datasets.Dataset.from_dict({"input_ids": [tokenizer(line)["input_ids"][:24] for line in lines]})
+    namespace = {
+        "llm": AutoModelForCausalLM.from_pretrained(checkpoint),
+        "dense_finetuned": AutoModelForCausalLM.from_pretrained(checkpoint),
+        "blocks": blocks,
+        "tokenizer": tokenizer,
+    }
+    monkeypatch.chdir(tmp_path)
+    exec(code.replace("max_steps=240", "max_steps=8"), namespace)
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "pruned", trust_remote_code=True)
+    dense = AutoModelForCausalLM.from_pretrained(checkpoint).num_parameters()
+    assert pruned.num_parameters() < dense  # `llm` itself was pruned in place by finalize()
 
 
 def test_distils_the_blocks_outputs_alone(example, checkpoint, corpus, tmp_path):

@@ -1,0 +1,151 @@
+"""The decoder-LLM recipe of examples/README.md, run through the example itself, as a user would run it.
+
+First the teacher: SmolLM2 fine-tuned on the tweets + 45 % Wikipedia blocks for 240 steps at 2e-4 with nothing
+removed (`--target_sparsity 0`). Then 20 % of its prunable parameters removed while fine-tuning the same way,
+with heads and neurons each giving up their share, units ranked by the gate's Fisher, the kept weights refit, and
+distillation from that teacher. These are the levers of the best 20 % row of `llm_benchmark.py`, whose own pipeline
+does not go through the example.
+Each finished run's `metrics.json` goes into `benchmarks/results/causal_lm_recipe.json` as it ends. Runs already
+there are skipped; a teacher folder that is gone is trained again. The table goes into BENCHMARKS.md.
+
+    python benchmarks/causal_lm_recipe.py                  # about an hour on 2 CPU cores
+    python benchmarks/causal_lm_recipe.py --report_only
+    python benchmarks/causal_lm_recipe.py --runs dense --results /tmp/r.json --extra --max_steps 4 --eval_tokens 512 \\
+        --max_train_samples 200                            # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from common import RESULTS, ROOT, cached_model_dir, environment, write_section
+
+
+EXAMPLE = ROOT / "examples" / "prune_causal_lm.py"
+TEACHER = "TEACHER"  # stands for the dense run's exported folder in the recorded flags
+DATA = ["--general_text", "wikipedia", "--general_fraction", "0.45", "--max_steps", "240", "--learning_rate", "2e-4"]
+PRUNE = [
+    "--prune_heads", "true", "--uniform_layers", "false", "--kind_budget", "proportional", "--criterion", "fisher",
+    "--min_heads_per_layer", "1", "--min_neurons_per_layer", "154",  # at least one group and 10 % of 1,536 neurons
+    "--distillation_weight", "0.5", "--teacher_model_name_or_path", TEACHER,
+]  # fmt: skip
+RUNS = {
+    "dense": ["--target_sparsity", "0", "--reconstruct", "false", *DATA],
+    "pruned_20": [*PRUNE, "--neuron_multiple", "1", *DATA],
+    "pruned_20_multiple_64": [*PRUNE, *DATA],  # the example's default: per-layer counts in multiples of 64
+}
+LABELS = {
+    "dense": "dense teacher: fine-tuned the same way, nothing removed (`--target_sparsity 0 --reconstruct false`)",
+    "pruned_20": "20 %, heads and neurons each their share, Fisher, refit, distilled (`--neuron_multiple 1`)",
+    "pruned_20_multiple_64": "as above, neuron counts in multiples of 64 (the example's default `--neuron_multiple`)",
+}
+
+
+def output_dir(name: str, extra: list[str]) -> Path:
+    """Where a run writes: outside the repository, keyed by its flags (the dense one is the others' teacher)."""
+    return cached_model_dir("causal_lm_recipe", {"run": name, "argv": RUNS[name], "extra": extra})
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record(path: Path, name: str, entry: dict) -> None:
+    """Add one finished run, replacing the file in one step so that an interrupted write loses nothing."""
+    results = {**load(path), name: entry}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run(name: str, extra: list[str], teacher: Path) -> dict:
+    """One run of the example in a fresh folder; returns its `metrics.json`."""
+    out = output_dir(name, extra)
+    shutil.rmtree(out, ignore_errors=True)
+    argv = [str(teacher) if arg == TEACHER else arg for arg in RUNS[name]]
+    command = [sys.executable, str(EXAMPLE), *argv, *extra, "--output_dir", str(out), "--disable_tqdm", "true"]
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return json.loads((out / "metrics.json").read_text())
+
+
+def change(value: float, reference: float) -> str:
+    return f"{value:.2f} ({100 * (value / reference - 1):+.1f} %)"
+
+
+def report(results: dict) -> str:
+    """The BENCHMARKS.md section: each run against the dense teacher."""
+    lines = [
+        "## Decoder LLM: the recipe through `examples/prune_causal_lm.py`",
+        "",
+        "The commands of the decoder recipe in [examples/README.md](examples/README.md#prune_causal_lmpy-fine-tune-"
+        "and-prune-a-pretrained-decoder-llm), run as a user runs them (each run its own process, seed 0): the tweets "
+        "+ 45 % Wikipedia blocks, 240 steps of 8 x 64 tokens at learning rate 2e-4 (cosine), the pruned runs "
+        "distilled from the dense one (α 0.5) and pruned on the default cubic schedule. Perplexity as in the "
+        "decoder-LLM table (4,096 tokens, 512-token windows), its change against the dense teacher; decode tokens/s: "
+        "greedy decoding at batch 1, measured by the example on the model as loaded before training and on the "
+        "trained one after it (the ratio; a single pair, about ±15 % of noise).",
+        "",
+        "| run | removed | parameters | perplexity, tweets | perplexity, news | decode tok/s, batch 1 | training |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    dense = results.get("dense", {}).get("metrics")
+    for name, label in LABELS.items():
+        if name not in results:
+            lines.append(f"| {label} | not run yet | | | | | |")
+            continue
+        m = results[name]["metrics"]
+        after = {split: m["perplexity"][split]["after"] for split in ("tweets", "news")}
+        cells = [
+            change(after[s], dense["perplexity"][s]["after"]) if dense else f"{after[s]:.2f}"
+            for s in ("tweets", "news")
+        ]
+        speed = m["throughput"]
+        decode = speed["pruned"]["batch_1"]["decode_tokens_per_s"]
+        ratio = decode / speed["dense"]["batch_1"]["decode_tokens_per_s"]
+        lines.append(
+            f"| {label} | {100 * m['sparsity']:.1f} % | {m['parameters']['after'] / 1e6:.1f}M | {cells[0]} | "
+            f"{cells[1]} | {decode:.0f} ({ratio:.2f}x) | {m['train_seconds'] / 60:.1f} min |"
+        )
+    lines += [
+        "",
+        "Raw runs (each `metrics.json`, with the flags): [benchmarks/results/causal_lm_recipe.json]"
+        "(benchmarks/results/causal_lm_recipe.json). Reproduce: `python benchmarks/causal_lm_recipe.py`. "
+        f"{environment()}.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument("--results", type=Path, default=RESULTS / "causal_lm_recipe.json")
+    parser.add_argument("--report_only", action="store_true")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags added to every run (smoke runs)")
+    args = parser.parse_args()
+    teacher = output_dir("dense", args.extra) / "pruned"
+    for name in [] if args.report_only else args.runs:
+        if name != "dense" and name in load(args.results):
+            continue
+        if "dense" not in load(args.results) or not teacher.exists():  # the teacher first, again if its folder is gone
+            record(
+                args.results,
+                "dense",
+                {"argv": RUNS["dense"] + args.extra, "metrics": run("dense", args.extra, teacher)},
+            )
+        if name != "dense":
+            record(args.results, name, {"argv": RUNS[name] + args.extra, "metrics": run(name, args.extra, teacher)})
+    if args.results == RESULTS / "causal_lm_recipe.json":
+        write_section("llm-recipe", report(load(args.results)))
+    else:
+        print(report(load(args.results)))
+
+
+if __name__ == "__main__":
+    main()

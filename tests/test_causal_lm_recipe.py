@@ -1,0 +1,88 @@
+"""The decoder recipe's benchmark (benchmarks/causal_lm_recipe.py): its runs are the commands examples/README.md
+gives, finished runs are skipped, and a teacher whose folder is gone is trained again before a run that needs it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    import causal_lm_recipe
+
+    return causal_lm_recipe
+
+
+def _readme_commands() -> list[list[str]]:
+    """The example's command lines in the recipe block of examples/README.md, with `$MIX` expanded."""
+    text = (ROOT / "examples" / "README.md").read_text()
+    block = text.split("### The recipe of the best rows", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    mix = shlex.split(lines[0].split("=", 1)[1])[0]
+    return [shlex.split(line.replace("$MIX", mix))[2:] for line in lines[1:] if line.strip()]
+
+
+def _without(argv: list[str], *flags: str) -> list[str]:
+    """`argv` without the given flags and their values."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
+def _pairs(argv: list[str]) -> dict[str, str]:
+    return dict(zip(argv[::2], argv[1::2]))
+
+
+def test_the_readme_commands_are_the_benchmarked_runs(recipe):
+    dense, pruned = _readme_commands()
+    assert _pairs(_without(dense, "--output_dir")) == _pairs(recipe.RUNS["dense"])
+    teacher = _pairs(pruned)["--teacher_model_name_or_path"]
+    assert teacher == f"{_pairs(dense)['--output_dir']}/pruned"  # the folder the dense run exports
+    expected = _pairs(recipe.RUNS["pruned_20"])
+    assert _pairs(_without(pruned, "--output_dir")) == {**expected, "--teacher_model_name_or_path": teacher}
+
+
+def test_finished_runs_are_skipped_and_a_missing_teacher_is_trained_again(recipe, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_PRUNE_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_run(name, extra, teacher):
+        calls.append(name)
+        if name == "dense":
+            teacher.mkdir(parents=True)
+        return {"run": name}
+
+    monkeypatch.setattr(recipe, "run", fake_run)
+    monkeypatch.setattr(recipe, "report", lambda results: "")
+    results = tmp_path / "results.json"
+
+    def main(*runs):
+        monkeypatch.setattr(sys, "argv", ["causal_lm_recipe.py", "--runs", *runs, "--results", str(results)])
+        recipe.main()
+
+    main("pruned_20")
+    assert calls == ["dense", "pruned_20"]  # the teacher first
+    main("dense", "pruned_20")
+    assert calls == ["dense", "pruned_20"]  # both recorded, the teacher's folder there: nothing to do
+    teacher = recipe.output_dir("dense", []) / "pruned"
+    teacher.rmdir()
+    main("pruned_20_multiple_64")
+    assert calls == ["dense", "pruned_20", "dense", "pruned_20_multiple_64"]
+    recorded = json.loads(results.read_text())
+    assert set(recorded) == {"dense", "pruned_20", "pruned_20_multiple_64"}
+    assert recorded["pruned_20"]["argv"] == recipe.RUNS["pruned_20"]
