@@ -30,20 +30,27 @@ from common import RESULTS, ROOT, cached_model_dir, environment, write_section
 EXAMPLE = ROOT / "examples" / "prune_causal_lm.py"
 TEACHER = "TEACHER"  # stands for the dense run's exported folder in the recorded flags
 DATA = ["--general_text", "wikipedia", "--general_fraction", "0.45", "--max_steps", "240", "--learning_rate", "2e-4"]
+DISTIL = ["--distillation_weight", "0.5", "--teacher_model_name_or_path", TEACHER]
 PRUNE = [
     "--prune_heads", "true", "--uniform_layers", "false", "--kind_budget", "proportional", "--criterion", "fisher",
     "--min_heads_per_layer", "1", "--min_neurons_per_layer", "154",  # at least one group and 10 % of 1,536 neurons
-    "--distillation_weight", "0.5", "--teacher_model_name_or_path", TEACHER,
+    *DISTIL,
 ]  # fmt: skip
 RUNS = {
     "dense": ["--target_sparsity", "0", "--reconstruct", "false", *DATA],
     "pruned_20": [*PRUNE, "--neuron_multiple", "1", *DATA],
     "pruned_20_multiple_64": [*PRUNE, *DATA],  # the example's default: per-layer counts in multiples of 64
+    "pruned_40": [*PRUNE, "--target_sparsity", "0.4", "--neuron_multiple", "1", *DATA],
+    # the example's defaults (MLP neurons only, the same count in every layer): the export vLLM and TGI load
+    "stock_20": ["--criterion", "fisher", *DISTIL, *DATA],
 }
 LABELS = {
     "dense": "dense teacher: fine-tuned the same way, nothing removed (`--target_sparsity 0 --reconstruct false`)",
     "pruned_20": "20 %, heads and neurons each their share, Fisher, refit, distilled (`--neuron_multiple 1`)",
     "pruned_20_multiple_64": "as above, neuron counts in multiples of 64 (the example's default `--neuron_multiple`)",
+    "pruned_40": "40 %, the same levers (`--target_sparsity 0.4 --neuron_multiple 1`)",
+    "stock_20": "20 % of the MLP neurons, the same count in every layer (the example's defaults: a stock Llama), "
+    "Fisher, refit, distilled",
 }
 
 
