@@ -4,7 +4,8 @@ First the teacher: SmolLM2 fine-tuned on the tweets + 45 % Wikipedia blocks for 
 removed (`--target_sparsity 0`). Then 20 % of its prunable parameters removed while fine-tuning the same way,
 with heads and neurons each giving up their share, units ranked by the gate's Fisher, the kept weights refit, and
 distillation from that teacher. These are the levers of the best 20 % row of `llm_benchmark.py`, whose own pipeline
-does not go through the example.
+does not go through the example. The same at 40 %, and at 20 % in the stock form (the example's defaults: MLP neurons
+only, the same count in every layer) with the same recovery.
 Each finished run's `metrics.json` goes into `benchmarks/results/causal_lm_recipe.json` as it ends. Runs already
 there are skipped; a teacher folder that is gone is trained again. The table goes into BENCHMARKS.md.
 
