@@ -170,15 +170,14 @@ class PruningTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")  # the Trainer may pop them
         distilling = model.training and self.teacher_model is not None
-        hidden = distilling and self.args.distillation_hidden_weight > 0
-        if hidden:
+        if distilling and self.args.distillation_hidden_weight > 0:
             inputs = {**inputs, "output_hidden_states": True}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training and is_prepared(self.pruned_model):
             self._task_loss_sum += self._step_share(loss, num_items_in_batch)
             self._task_loss_steps += 1 / self.current_gradient_accumulation_steps
         if distilling:
-            kl, hidden_error = self._distillation_loss(inputs, labels, outputs, num_items_in_batch, hidden)
+            kl, hidden_error = self._distillation_loss(inputs, labels, outputs, num_items_in_batch)
             if kl is not None:
                 weight = self.args.distillation_weight
                 loss = (1 - weight) * loss + weight * kl.to(loss.dtype)
@@ -200,10 +199,10 @@ class PruningTrainer(Trainer):
                 loss = loss + extra.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
-    def _distillation_loss(self, inputs, labels, outputs, num_items_in_batch, hidden: bool):
-        """The KL to the teacher over the task loss's terms (with `distillation_weight > 0`), and with `hidden` the
-        hidden-state error over the same terms, each normalised the way the Trainer normalises that loss; `None` for
-        a term that is off, so that β alone pays for no full-vocabulary softmax."""
+    def _distillation_loss(self, inputs, labels, outputs, num_items_in_batch):
+        """The KL to the teacher over the task loss's terms and the hidden-state error over the same terms, each
+        normalised the way the Trainer normalises that loss; `None` for a term whose weight is 0, so that β alone pays
+        for no full-vocabulary softmax."""
         with torch.no_grad():
             teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
             teacher_outputs = self.teacher_model(**teacher_inputs)
@@ -217,7 +216,7 @@ class PruningTrainer(Trainer):
             total, count = distillation_terms(logits, teacher_logits, labels, temperature, shift)
             kl = self._normalised(total, count, num_items_in_batch)
             self._distillation_sum += self._step_share(kl, num_items_in_batch)
-        if hidden:
+        if self.args.distillation_hidden_weight > 0:
             total, count = hidden_state_terms(
                 outputs["hidden_states"],
                 teacher_outputs["hidden_states"],

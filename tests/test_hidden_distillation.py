@@ -76,9 +76,8 @@ def test_the_error_is_blind_to_the_scale_of_the_stream():
 
 
 def test_loss_adds_the_hidden_term(tmp_path):
-    trainer = distilling_trainer(
-        tmp_path, distillation_weight=0.3, distillation_hidden_weight=2.0
-    )  # llama: no dropout
+    # llama: no dropout
+    trainer = distilling_trainer(tmp_path, distillation_weight=0.3, distillation_hidden_weight=2.0)
     batch = {k: torch.tensor(v) for k, v in dataset(FAMILY["llama"], 4)[:4].items()}
     model = trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by train() otherwise

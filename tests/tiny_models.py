@@ -277,12 +277,13 @@ def trained_with_teacher(tmp_path, family: Family, train, teacher, **distillatio
     distillation pulls the model towards its teacher."""
     from hf_prune import PruningTrainer
 
+    args = arguments(tmp_path, max_steps=40, save_strategy="no", learning_rate=3e-3, **distillation)
     trainer = PruningTrainer(
         model=build(family, seed=0),
-        args=arguments(tmp_path, max_steps=40, save_strategy="no", learning_rate=3e-3, **distillation),
+        args=args,
         pruning_config=method_config("magnitude", 0.2),
         train_dataset=train,
-        teacher_model=teacher if any(distillation.values()) else None,
+        teacher_model=teacher if args.distils else None,
     )
     trainer.train()
     return trainer.model
