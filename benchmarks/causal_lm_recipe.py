@@ -5,7 +5,8 @@ removed (`--target_sparsity 0`). Then 20 % of its prunable parameters removed wh
 with heads and neurons each giving up their share, units ranked by the gate's Fisher, the kept weights refit, and
 distillation from that teacher. These are the levers of the best 20 % row of `llm_benchmark.py`, whose own pipeline
 does not go through the example. The same at 40 %, and at 20 % in the stock form (the example's defaults: MLP neurons
-only, the same count in every layer) with the same recovery.
+only, the same count in every layer) with the same recovery, and in that form in a single run: without a teacher,
+and distilled from the pretrained model as loaded.
 Each finished run's `metrics.json` goes into `benchmarks/results/causal_lm_recipe.json` as it ends. Runs already
 there are skipped; a teacher folder that is gone is trained again. The table goes into BENCHMARKS.md.
 
@@ -44,6 +45,10 @@ RUNS = {
     "pruned_40": [*PRUNE, "--target_sparsity", "0.4", "--neuron_multiple", "1", *DATA],
     # the example's defaults (MLP neurons only, the same count in every layer): the export vLLM and TGI load
     "stock_20": ["--criterion", "fisher", *DISTIL, *DATA],
+    # one run, no teacher to train first: the example's defaults on the same data and steps, alone and distilled
+    # from the model as loaded (the pretrained model, which the general blocks should not drift from)
+    "stock_20_one_run": [*DATA],
+    "stock_20_self_distilled": ["--distillation_weight", "0.5", *DATA],
 }
 LABELS = {
     "dense": "dense teacher: fine-tuned the same way, nothing removed (`--target_sparsity 0 --reconstruct false`)",
@@ -52,6 +57,10 @@ LABELS = {
     "pruned_40": "40 %, the same levers (`--target_sparsity 0.4 --neuron_multiple 1`)",
     "stock_20": "20 % of the MLP neurons, the same count in every layer (the example's defaults: a stock Llama), "
     "Fisher, refit, distilled",
+    "stock_20_one_run": "20 % of the MLP neurons, the same count in every layer, one run: no teacher (the example's "
+    "defaults on this data and steps)",
+    "stock_20_self_distilled": "as above, distilled from the model as loaded (`--distillation_weight 0.5`, no teacher "
+    "run)",
 }
 
 
