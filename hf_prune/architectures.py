@@ -202,7 +202,9 @@ register_architecture(
         hidden_key="n_embd",
     )
 )
-for _model_type in ("llama", "mistral", "qwen2"):
+# Qwen3 and Gemma 3 normalize queries and keys per head (a norm over head_dim, shared by all heads), so removing
+# heads leaves the norms as they are; Gemma 3's attention scale comes from the config, not the head count
+for _model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3"):
     register_architecture(ArchitectureSpec(model_type=_model_type, **_LLAMA_LIKE))
 
 

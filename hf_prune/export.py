@@ -3,7 +3,7 @@
 Two export forms, chosen automatically from the kept sizes:
 
 * **stock** — every layer keeps the same counts and the family's config can express them (head pruning needs a
-  `head_dim` config field: Llama, Mistral, Qwen2, ViT). The config's sizes are rewritten and plain
+  `head_dim` config field: the Llama-like decoders and ViT). The config's sizes are rewritten and plain
   `AutoModelFor*.from_pretrained(path)` loads the folder, with no hf_prune and no remote code.
 * **remote code** — per-layer sizes. The config gets its own `model_type` (`hf_prune_<family>`), the per-layer counts
   (`hf_prune_layout`) and an `auto_map` to a self-contained `modeling_hf_prune.py` written next to the weights, so

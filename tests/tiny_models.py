@@ -29,6 +29,20 @@ def _text(**kw):
     return dict(vocab_size=99, **kw)
 
 
+def _decoder(**kw):
+    """A two-layer decoder with grouped-query attention: 4 query heads over 2 key/value heads, 48 MLP neurons."""
+    return _text(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        bos_token_id=0,
+        eos_token_id=0,
+        **kw,
+    )
+
+
 FAMILIES = [
     Family(
         "bert",
@@ -141,6 +155,37 @@ FAMILIES = [
         ),
         tf.Qwen2ForCausalLM,
         tf.Qwen2Model,
+        4,
+        2,
+        48,
+    ),
+    Family(
+        "qwen3",  # per-head query/key norms
+        lambda: tf.Qwen3Config(**_decoder(head_dim=8)),
+        tf.Qwen3ForCausalLM,
+        tf.Qwen3Model,
+        4,
+        2,
+        48,
+    ),
+    Family(
+        "gemma3_text",  # per-head query/key norms, sandwich norms around the MLP, sliding-window layers
+        lambda: tf.Gemma3TextConfig(
+            **_decoder(
+                head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"], pad_token_id=0
+            )
+        ),
+        tf.Gemma3ForCausalLM,
+        tf.Gemma3TextModel,
+        4,
+        2,
+        48,
+    ),
+    Family(
+        "smollm3",  # layers without rotary embeddings
+        lambda: tf.SmolLM3Config(**_decoder(pad_token_id=0, no_rope_layer_interval=2)),
+        tf.SmolLM3ForCausalLM,
+        tf.SmolLM3Model,
         4,
         2,
         48,

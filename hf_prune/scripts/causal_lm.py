@@ -49,7 +49,10 @@ class CausalLMArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A local causal-LM folder (Llama, Mistral, Qwen2, GPT-2); default: the embedded SmolLM2."},
+        metadata={
+            "help": "A local causal-LM folder (Llama, Mistral, Qwen2, Qwen3, SmolLM3, Gemma 3, GPT-2); default: the "
+            "embedded SmolLM2."
+        },
     )
     teacher_model_name_or_path: str | None = field(
         default=None,
