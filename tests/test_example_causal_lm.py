@@ -12,7 +12,16 @@ import datasets
 import pytest
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Gemma3TextConfig,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    SmolLM3Config,
+)
 
 from .tiny_models import needs_embedded_data, needs_llm_packages, needs_news_articles
 
@@ -30,9 +39,8 @@ def example():
     return module
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A tiny Llama (4 query heads over 2 key/value heads, 64 MLP neurons) with a character tokenizer, on disk."""
+def save_checkpoint(folder: Path, config_class: type[PretrainedConfig] = LlamaConfig, **config) -> Path:
+    """A tiny decoder (4 query heads over 2 key/value heads, 64 MLP neurons) with a character tokenizer, on disk."""
     vocab = {token: i for i, token in enumerate(["<pad>", "<s>", "</s>", "<unk>", *ALPHABET])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
@@ -40,7 +48,7 @@ def checkpoint(tmp_path_factory) -> Path:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
-    config = LlamaConfig(
+    config = config_class(
         vocab_size=len(vocab),
         hidden_size=32,
         intermediate_size=64,
@@ -52,12 +60,18 @@ def checkpoint(tmp_path_factory) -> Path:
         eos_token_id=2,
         pad_token_id=0,
         tie_word_embeddings=True,
+        **config,
     )
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny Llama with grouped-query attention and a character tokenizer, on disk."""
+    return save_checkpoint(tmp_path_factory.mktemp("tiny_llama"))
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +155,38 @@ def test_per_layer_export_loads_with_remote_code(example, checkpoint, corpus, tm
     assert (tmp_path / "pruned" / "modeling_hf_prune.py").exists()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", trust_remote_code=True)
     assert model.num_parameters() == results["parameters"]["after"]
+
+
+@pytest.mark.parametrize(
+    "config_class, config, stock_class",
+    [
+        (Qwen3Config, {"head_dim": 8}, "Qwen3ForCausalLM"),
+        (SmolLM3Config, {"no_rope_layer_interval": 2}, "SmolLM3ForCausalLM"),  # no head_dim field: the export adds it
+        (
+            Gemma3TextConfig,
+            {"head_dim": 8, "layer_types": ["sliding_attention", "full_attention"]},
+            "Gemma3ForCausalLM",
+        ),
+    ],
+    ids=["qwen3", "smollm3", "gemma3_text"],
+)
+def test_other_decoder_families_export_stock_and_per_layer_models(
+    example, corpus, tmp_path, config_class, config, stock_class
+):
+    checkpoint = save_checkpoint(tmp_path / "dense", config_class, **config)
+    argv = [*small(checkpoint, corpus, tmp_path / "uniform"), "--prune_heads", "true", "--prune_neurons", "false"]
+    results = run(example, argv)  # one of the two key/value groups of every layer goes
+    assert all(layer == {"heads": 2, "kv_heads": 1, "neurons": 64} for layer in results["layers"])
+    assert results["reload"] == {**results["reload"], "stock_config": True, "same_greedy_tokens": True}
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "uniform" / "pruned")  # plain transformers
+    assert type(model).__name__ == stock_class and model.num_parameters() == results["parameters"]["after"]
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads, model.config.head_dim) == (2, 1, 8)
+
+    argv = [*small(checkpoint, corpus, tmp_path / "per_layer"), "--prune_heads", "true", "--uniform_layers", "false"]
+    results = run(example, [*argv, "--method", "magnitude", "--target_sparsity", "0.4"])
+    assert len({json.dumps(layer) for layer in results["layers"]}) == 2  # each layer its own counts
+    assert results["reload"] == {**results["reload"], "stock_config": False, "same_greedy_tokens": True}
+    assert results["reload"]["max_abs_logit_difference"] < 1e-4
 
 
 def test_bmrs_runs_with_its_kl_per_training_token(example, checkpoint, corpus, tmp_path):
