@@ -104,17 +104,7 @@ FAMILIES = [
     ),
     Family(
         "llama",
-        lambda: tf.LlamaConfig(
-            **_text(
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                intermediate_size=48,
-                bos_token_id=0,
-                eos_token_id=0,
-            )
-        ),
+        lambda: tf.LlamaConfig(**_decoder()),
         tf.LlamaForCausalLM,
         tf.LlamaModel,
         4,
@@ -123,17 +113,7 @@ FAMILIES = [
     ),
     Family(
         "mistral",
-        lambda: tf.MistralConfig(
-            **_text(
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                intermediate_size=48,
-                bos_token_id=0,
-                eos_token_id=0,
-            )
-        ),
+        lambda: tf.MistralConfig(**_decoder()),
         tf.MistralForCausalLM,
         tf.MistralModel,
         4,
@@ -142,17 +122,7 @@ FAMILIES = [
     ),
     Family(
         "qwen2",
-        lambda: tf.Qwen2Config(
-            **_text(
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                intermediate_size=48,
-                bos_token_id=0,
-                eos_token_id=0,
-            )
-        ),
+        lambda: tf.Qwen2Config(**_decoder()),
         tf.Qwen2ForCausalLM,
         tf.Qwen2Model,
         4,
