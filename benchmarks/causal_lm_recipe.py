@@ -6,7 +6,8 @@ with heads and neurons each giving up their share, units ranked by the gate's Fi
 distillation from that teacher. These are the levers of the best 20 % row of `llm_benchmark.py`, whose own pipeline
 does not go through the example. The same at 40 %, and at 20 % in the stock form (the example's defaults: MLP neurons
 only, the same count in every layer) with the same recovery, and in that form in a single run: without a teacher,
-and distilled from the pretrained model as loaded.
+and distilled from the pretrained model as loaded; and that single run on the tweets alone, for 240 steps at 2e-4
+and for 120 at 5e-5, to tell what the general text and the longer recovery each bring.
 Each finished run's `metrics.json` goes into `benchmarks/results/causal_lm_recipe.json` as it ends. Runs already
 there are skipped; a teacher folder that is gone is trained again. The table goes into BENCHMARKS.md.
 
@@ -49,6 +50,9 @@ RUNS = {
     # from the model as loaded (the pretrained model, which the general blocks should not drift from)
     "stock_20_one_run": [*DATA],
     "stock_20_self_distilled": ["--distillation_weight", "0.5", *DATA],
+    # what the mix and the longer, faster recovery each bring: the tweets alone, then also half the steps at 5e-5
+    "stock_20_tweets_only": [*DATA, "--general_fraction", "0"],
+    "stock_20_short": ["--general_fraction", "0", "--max_steps", "120", "--learning_rate", "5e-5"],
 }
 LABELS = {
     "dense": "dense teacher: fine-tuned the same way, nothing removed (`--target_sparsity 0 --reconstruct false`)",
@@ -61,6 +65,9 @@ LABELS = {
     "defaults on this data and steps)",
     "stock_20_self_distilled": "as above, distilled from the model as loaded (`--distillation_weight 0.5`, no teacher "
     "run)",
+    "stock_20_tweets_only": "one run as above, on the tweets alone (`--general_fraction 0`)",
+    "stock_20_short": "one run on the tweets alone, 120 steps at 5e-5 (`--general_fraction 0 --max_steps 120 "
+    "--learning_rate 5e-5`)",
 }
 
 
