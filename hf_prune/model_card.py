@@ -75,6 +75,22 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _layer_rows(before_layers: list[dict], after_layers: list[dict]) -> list[dict]:
+    """One table row per run of consecutive layers with the same counts before and after (`index` "0" or "0–29"):
+    a uniform export is one row, not one per layer."""
+    rows: list[dict] = []
+    for i, (before, after) in enumerate(zip(before_layers, after_layers)):
+        row = {**after, **{f"{k}_before": v for k, v in before.items()}}
+        if rows and {k: v for k, v in rows[-1].items() if k not in ("first", "last")} == row:
+            rows[-1]["last"] = i
+        else:
+            rows.append({**row, "first": i, "last": i})
+    for row in rows:
+        first, last = row.pop("first"), row.pop("last")
+        row["index"] = str(first) if first == last else f"{first}–{last}"
+    return rows
+
+
 def render_model_card(model: nn.Module, repo_id: str | None = None) -> ModelCard:
     """The card of a finalized (physically pruned) model, from its pruning record and `set_card_info` facts."""
     info = dict(find_record(model).card)
@@ -98,11 +114,7 @@ def render_model_card(model: nn.Module, repo_id: str | None = None) -> ModelCard
         metrics=sorted(metrics) or None,
         pipeline_tag=pipeline_tag,
     )
-    before_layers, after_layers = result["before"]["layers"], result["after"]["layers"]
-    layers = [
-        {"index": i, **after, **{f"{k}_before": v for k, v in before.items()}}
-        for i, (before, after) in enumerate(zip(before_layers, after_layers))
-    ]
+    layers = _layer_rows(result["before"]["layers"], result["after"]["layers"])
     citations = [c for c in (getattr(method_cls, "citation", None), HF_PRUNE_CITATION) if c]
     environment = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     template = environment.from_string(TEMPLATE.read_text())

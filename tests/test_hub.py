@@ -111,3 +111,21 @@ def test_model_card_updates_an_existing_readme(tmp_path):
     second = readme.read_text()
     assert second.count("<!-- hf_prune:start -->") == 1 and "Keep this paragraph." in second
     assert (tmp_path / "kept_units.png").stat().st_size > 1000
+
+
+def test_model_card_gives_one_row_to_each_run_of_identical_layers():
+    import hf_prune
+    from hf_prune.model_card import render_model_card
+
+    from .tiny_models import FAMILY, build
+
+    config = FAMILY["llama"].make_config()
+    config.num_hidden_layers = 4
+    model = type(build(FAMILY["llama"]))(config)
+    hf_prune.prune_structures(model, neurons={0: [0, 1], 1: [2, 3], 3: [4, 5]})
+    rows = [line for line in str(render_model_card(model)).splitlines() if line.startswith("| ") and "/ 48 |" in line]
+    assert rows == [
+        "| 0–1 | 4 / 4 | 2 / 2 | 46 / 48 |",  # same counts: one row
+        "| 2 | 4 / 4 | 2 / 2 | 48 / 48 |",
+        "| 3 | 4 / 4 | 2 / 2 | 46 / 48 |",  # the same as 0-1 but not next to them
+    ]
