@@ -34,11 +34,11 @@ EXAMPLE = ROOT / "examples" / "prune_causal_lm.py"
 TEACHER = "TEACHER"  # stands for the dense run's exported folder in the recorded flags
 DATA = ["--general_text", "wikipedia", "--general_fraction", "0.45", "--max_steps", "240", "--learning_rate", "2e-4"]
 DISTIL = ["--distillation_weight", "0.5", "--teacher_model_name_or_path", TEACHER]
-PRUNE = [
+UNITS = [
     "--prune_heads", "true", "--uniform_layers", "false", "--kind_budget", "proportional", "--criterion", "fisher",
     "--min_heads_per_layer", "1", "--min_neurons_per_layer", "154",  # at least one group and 10 % of 1,536 neurons
-    *DISTIL,
 ]  # fmt: skip
+PRUNE = [*UNITS, *DISTIL]
 RUNS = {
     "dense": ["--target_sparsity", "0", "--reconstruct", "false", *DATA],
     "pruned_20": [*PRUNE, "--neuron_multiple", "1", *DATA],
@@ -50,6 +50,8 @@ RUNS = {
     # from the model as loaded (the pretrained model, which the general blocks should not drift from)
     "stock_20_one_run": [*DATA],
     "stock_20_self_distilled": ["--distillation_weight", "0.5", *DATA],
+    # the best levers in one run: distilled from the model as loaded instead of a dense fine-tune
+    "pruned_20_self_distilled": [*UNITS, "--distillation_weight", "0.5", "--neuron_multiple", "1", *DATA],
     # what the mix and the longer, faster recovery each bring: the tweets alone, then also half the steps at 5e-5
     "stock_20_tweets_only": [*DATA, "--general_fraction", "0"],
     "stock_20_short": ["--general_fraction", "0", "--max_steps", "120", "--learning_rate", "5e-5"],
@@ -65,6 +67,8 @@ LABELS = {
     "defaults on this data and steps)",
     "stock_20_self_distilled": "as above, distilled from the model as loaded (`--distillation_weight 0.5`, no teacher "
     "run)",
+    "pruned_20_self_distilled": "20 %, heads and neurons each their share, Fisher, refit, one run: distilled from the "
+    "model as loaded (`--neuron_multiple 1`, no teacher run)",
     "stock_20_tweets_only": "one run as above, on the tweets alone (`--general_fraction 0`)",
     "stock_20_short": "one run on the tweets alone, 120 steps at 5e-5 (`--general_fraction 0 --max_steps 120 "
     "--learning_rate 5e-5`)",
