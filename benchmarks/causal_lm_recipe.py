@@ -7,11 +7,12 @@ distillation from that teacher. These are the levers of the best 20 % row of `ll
 does not go through the example. The same at 40 %, and at 20 % in the stock form (the example's defaults: MLP neurons
 only, the same count in every layer) with the same recovery, and in that form in a single run: without a teacher,
 and distilled from the pretrained model as loaded; and that single run on the tweets alone, for 240 steps at 2e-4
-and for 120 at 5e-5, to tell what the general text and the longer recovery each bring.
+and for 120 at 5e-5, to tell what the general text and the longer recovery each bring. The best 20 % levers are run
+once more distilled from the model as loaded instead of the dense teacher.
 Each finished run's `metrics.json` goes into `benchmarks/results/causal_lm_recipe.json` as it ends. Runs already
 there are skipped; a teacher folder that is gone is trained again. The table goes into BENCHMARKS.md.
 
-    python benchmarks/causal_lm_recipe.py                  # about an hour on 2 CPU cores
+    python benchmarks/causal_lm_recipe.py                  # about 3.5 hours on 2 CPU cores
     python benchmarks/causal_lm_recipe.py --report_only
     python benchmarks/causal_lm_recipe.py --runs dense --results /tmp/r.json --extra --max_steps 4 --eval_tokens 512 \\
         --max_train_samples 200                            # smoke run
@@ -56,22 +57,22 @@ RUNS = {
     "stock_20_tweets_only": [*DATA, "--general_fraction", "0"],
     "stock_20_short": ["--general_fraction", "0", "--max_steps", "120", "--learning_rate", "5e-5"],
 }
-LABELS = {
+LABELS = {  # in table order
     "dense": "dense teacher: fine-tuned the same way, nothing removed (`--target_sparsity 0 --reconstruct false`)",
     "pruned_20": "20 %, heads and neurons each their share, Fisher, refit, distilled (`--neuron_multiple 1`)",
     "pruned_20_multiple_64": "as above, neuron counts in multiples of 64 (the example's default `--neuron_multiple`)",
-    "pruned_40": "40 %, the same levers (`--target_sparsity 0.4 --neuron_multiple 1`)",
+    "pruned_20_self_distilled": "20 %, heads and neurons each their share, Fisher, refit, distilled from the model as "
+    "loaded instead (one run, no teacher; `--neuron_multiple 1`)",
+    "pruned_40": "40 %, heads and neurons each their share, Fisher, refit, distilled (`--target_sparsity 0.4 "
+    "--neuron_multiple 1`)",
     "stock_20": "20 % of the MLP neurons, the same count in every layer (the example's defaults: a stock Llama), "
     "Fisher, refit, distilled",
-    "stock_20_one_run": "20 % of the MLP neurons, the same count in every layer, one run: no teacher (the example's "
-    "defaults on this data and steps)",
-    "stock_20_self_distilled": "as above, distilled from the model as loaded (`--distillation_weight 0.5`, no teacher "
-    "run)",
-    "pruned_20_self_distilled": "20 %, heads and neurons each their share, Fisher, refit, one run: distilled from the "
-    "model as loaded (`--neuron_multiple 1`, no teacher run)",
-    "stock_20_tweets_only": "one run as above, on the tweets alone (`--general_fraction 0`)",
-    "stock_20_short": "one run on the tweets alone, 120 steps at 5e-5 (`--general_fraction 0 --max_steps 120 "
-    "--learning_rate 5e-5`)",
+    "stock_20_self_distilled": "20 % of the MLP neurons, the same count in every layer, refit, distilled from the model "
+    "as loaded (one run, no teacher; `--distillation_weight 0.5`)",
+    "stock_20_one_run": "the same, not distilled (the example's defaults on this data and steps)",
+    "stock_20_tweets_only": "the same, not distilled, on the tweets alone (`--general_fraction 0`)",
+    "stock_20_short": "the same, not distilled, on the tweets alone for 120 steps at 5e-5 (`--general_fraction 0 "
+    "--max_steps 120 --learning_rate 5e-5`)",
 }
 
 
@@ -114,8 +115,9 @@ def report(results: dict) -> str:
         "",
         "The commands of the decoder recipe in [examples/README.md](examples/README.md#prune_causal_lmpy-fine-tune-"
         "and-prune-a-pretrained-decoder-llm), run as a user runs them (each run its own process, seed 0): the tweets "
-        "+ 45 % Wikipedia blocks, 240 steps of 8 x 64 tokens at learning rate 2e-4 (cosine), the pruned runs "
-        "distilled from the dense one (α 0.5) and pruned on the default cubic schedule. Perplexity as in the "
+        "+ 45 % Wikipedia blocks, 240 steps of 8 x 64 tokens at learning rate 2e-4 (cosine) unless a row says "
+        "otherwise, the pruned runs distilled (α 0.5) from the dense one or, where a row says so, from the model as "
+        "loaded (the pretrained SmolLM2), and pruned on the default cubic schedule. Perplexity as in the "
         "decoder-LLM table (4,096 tokens, 512-token windows), its change against the dense teacher; decode tokens/s: "
         "greedy decoding at batch 1, measured by the example on the model as loaded before training and on the "
         "trained one after it (the ratio; a single pair, about ±15 % of noise).",
