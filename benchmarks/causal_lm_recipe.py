@@ -53,6 +53,17 @@ RUNS = {
     "stock_20_self_distilled": ["--distillation_weight", "0.5", *DATA],
     # the best levers in one run: distilled from the model as loaded instead of a dense fine-tune
     "pruned_20_self_distilled": [*UNITS, "--distillation_weight", "0.5", "--neuron_multiple", "1", *DATA],
+    "pruned_20_self_distilled_075": [*UNITS, "--distillation_weight", "0.75", "--neuron_multiple", "1", *DATA],
+    "pruned_20_self_distilled_seed1": [
+        *UNITS,
+        "--distillation_weight",
+        "0.5",
+        "--neuron_multiple",
+        "1",
+        *DATA,
+        "--seed",
+        "1",
+    ],  # fmt: skip
     # what the mix and the longer, faster recovery each bring: the tweets alone, then also half the steps at 5e-5
     "stock_20_tweets_only": [*DATA, "--general_fraction", "0"],
     "stock_20_short": ["--general_fraction", "0", "--max_steps", "120", "--learning_rate", "5e-5"],
@@ -63,6 +74,9 @@ LABELS = {  # in table order
     "pruned_20_multiple_64": "as above, neuron counts in multiples of 64 (the example's default `--neuron_multiple`)",
     "pruned_20_self_distilled": "20 %, heads and neurons each their share, Fisher, refit, distilled from the model as "
     "loaded instead (one run, no teacher; `--neuron_multiple 1`)",
+    "pruned_20_self_distilled_075": "the same, with more weight on the KL to the model as loaded "
+    "(`--distillation_weight 0.75`)",
+    "pruned_20_self_distilled_seed1": "the same at α 0.5, seed 1",
     "pruned_40": "40 %, heads and neurons each their share, Fisher, refit, distilled (`--target_sparsity 0.4 "
     "--neuron_multiple 1`)",
     "stock_20": "20 % of the MLP neurons, the same count in every layer (the example's defaults: a stock Llama), "
