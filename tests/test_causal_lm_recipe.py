@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+
+from .tiny_models import load_example
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,13 +25,17 @@ def recipe():
     return causal_lm_recipe
 
 
+@pytest.fixture(scope="module")
+def example():
+    return load_example("prune_causal_lm")
+
+
 def _readme_commands() -> list[list[str]]:
-    """The example's command lines in the recipe block of examples/README.md, with `$MIX` expanded."""
+    """The example's command lines in the recipe block of examples/README.md, without the script and `--output_dir`."""
     text = (ROOT / "examples" / "README.md").read_text()
     block = text.split("### The recipe of the best rows", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
-    lines = block.replace("\\\n", " ").splitlines()
-    mix = shlex.split(lines[0].split("=", 1)[1])[0]
-    return [shlex.split(line.replace("$MIX", mix))[2:] for line in lines[1:] if line.strip()]
+    commands = [shlex.split(line)[2:] for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    return [_without(argv, "--output_dir") for argv in commands]
 
 
 def _without(argv: list[str], *flags: str) -> list[str]:
@@ -44,17 +51,18 @@ def _without(argv: list[str], *flags: str) -> list[str]:
     return out
 
 
-def _pairs(argv: list[str]) -> dict[str, str]:
-    return dict(zip(argv[::2], argv[1::2]))
+def _resolved(example, argv: list[str]) -> tuple:
+    """What the example runs with for `argv`: its arguments, training arguments and pruning config, as plain data."""
+    args, training, config = example.make_parser().parse_args_and_config([*argv, "--output_dir", "out"])
+    return asdict(args), training.to_dict(), asdict(config)
 
 
-def test_the_readme_commands_are_the_benchmarked_runs(recipe):
-    dense, pruned = _readme_commands()
-    assert _pairs(_without(dense, "--output_dir")) == _pairs(recipe.RUNS["dense"])
-    teacher = _pairs(pruned)["--teacher_model_name_or_path"]
-    assert teacher == f"{_pairs(dense)['--output_dir']}/pruned"  # the folder the dense run exports
-    expected = _pairs(recipe.RUNS["pruned_20"])
-    assert _pairs(_without(pruned, "--output_dir")) == {**expected, "--teacher_model_name_or_path": teacher}
+def test_the_readme_commands_are_the_benchmarked_runs(recipe, example):
+    """The recipe block of examples/README.md runs exactly what the benchmark recorded, defaults included."""
+    pruned, dense = _readme_commands()
+    assert _resolved(example, pruned) == _resolved(example, recipe.RUNS["pruned_20_self_distilled"])
+    assert _resolved(example, dense) == _resolved(example, recipe.RUNS["dense"])
+    assert _resolved(example, pruned) != _resolved(example, recipe.RUNS["pruned_20_self_distilled_075"])  # can fail
 
 
 def test_finished_runs_are_skipped_and_a_missing_teacher_is_trained_again(recipe, monkeypatch, tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import fnmatch
-import importlib.util
 import json
 import os
 import subprocess
@@ -33,7 +32,7 @@ from hf_prune import AutoPrunedModel, PruningTrainer
 from hf_prune.mapping import is_prepared
 from hf_prune.scripts import fine_tune_and_prune
 
-from .tiny_models import needs_embedded_data, needs_embedded_model
+from .tiny_models import load_example, needs_embedded_data, needs_embedded_model
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,15 +46,7 @@ MARKER = "zebra"  # appears only in the rows of the test split
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *NEUTRAL, *FILLER, MARKER]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("fine_tune_and_prune", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-script = _load_script()
+script = load_example("fine_tune_and_prune")
 
 
 def run(argv: list[str]) -> dict:

@@ -3,9 +3,7 @@ checkpoint with grouped-query attention saved to disk (the real SmolLM2 run is t
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import datasets
@@ -23,7 +21,7 @@ from transformers import (
     SmolLM3Config,
 )
 
-from .tiny_models import needs_embedded_data, needs_llm_packages, needs_news_articles
+from .tiny_models import load_example, needs_embedded_data, needs_llm_packages, needs_news_articles
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,11 +30,7 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyz .,!?'0123456789"
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("prune_causal_lm", ROOT / "examples" / "prune_causal_lm.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_example("prune_causal_lm")
 
 
 def save_checkpoint(folder: Path, config_class: type[PretrainedConfig] = LlamaConfig, **config) -> Path:
@@ -84,13 +78,16 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     return {"train": folder / "train.txt", "news": folder / "news.txt"}
 
 
-def small(checkpoint: Path, corpus: dict[str, Path], output_dir: Path) -> list[str]:
+def small(checkpoint: Path, corpus: dict[str, Path], output_dir: Path, defaults: bool = False) -> list[str]:
+    """A few steps on the tiny checkpoint and corpus; unless `defaults`, without the default general text and
+    teacher."""
     return [
         "--model_name_or_path", str(checkpoint), "--train_file", str(corpus["train"]), "--news_file",
         str(corpus["news"]), "--output_dir", str(output_dir), "--max_steps", "8", "--block_size", "32",
         "--per_device_train_batch_size", "8", "--eval_tokens", "256", "--eval_window", "64", "--prompt_tokens", "8",
         "--new_tokens", "4", "--max_new_tokens", "6", "--prompts", "the cat", "shares", "--neuron_multiple", "8",
         "--logging_steps", "4", "--disable_tqdm", "true",
+        *([] if defaults else ["--general_fraction", "0", "--distillation_weight", "0"]),
     ]  # fmt: skip
 
 
@@ -99,10 +96,11 @@ def run(example, argv: list[str]) -> dict:
     return example.main(*example.make_parser().parse_args_and_config(argv))
 
 
+@needs_news_articles  # the default general text, the Wikipedia sample of the gensim wheel
 def test_default_export_is_a_stock_llama_that_generates_the_pruned_models_tokens(
     example, checkpoint, corpus, tmp_path
 ):
-    results = run(example, small(checkpoint, corpus, tmp_path))
+    results = run(example, small(checkpoint, corpus, tmp_path, defaults=True))
     pruned = tmp_path / "pruned"
     assert results["method"] == "taylor" and 0.1 <= results["sparsity"] <= 0.3  # the 20 % target, in whole units
     assert results["parameters"]["after"] < results["parameters"]["before"]
@@ -125,7 +123,10 @@ def test_default_export_is_a_stock_llama_that_generates_the_pruned_models_tokens
             speed = written["throughput"][form][batch]
             assert speed["prefill_tokens_per_s"] > 0 and speed["decode_tokens_per_s"] > 0
     assert [s["prompt"] for s in written["samples"]] == ["the cat", "shares"]
-    assert "perplexity (news)" in (pruned / "README.md").read_text()
+    card = (pruned / "README.md").read_text()
+    assert "perplexity (news)" in card and "+ 45% of the blocks from wikipedia" in card  # replay by default
+    assert results["distillation"]["teacher"].startswith("the model as loaded")  # and a KL to it, α 0.5
+    assert results["distillation"]["weight"] == 0.5 and results["distillation"]["final_kl"] > 0
 
 
 def test_uniform_export_without_key_value_groups_is_a_stock_llama(example, checkpoint, corpus, tmp_path):
@@ -215,7 +216,13 @@ def test_arguments_from_a_yaml_file(example, tmp_path):
     args, training, config = example.make_parser().parse_args_and_config([str(tmp_path / "args.yaml")])
     assert (args.block_size, training.max_steps, type(config).__name__) == (48, 7, "TaylorConfig")
     assert (config.prune_end, config.target_sparsity, config.uniform_layers) == (0.5, 0.2, True)
-    assert (args.general_text, config.criterion, config.reconstruct) == (None, "first_order", True)
+    assert (args.general_text, args.general_fraction, config.criterion, config.reconstruct) == (
+        "wikipedia",
+        0.45,
+        "first_order",
+        True,
+    )
+    assert (training.learning_rate, training.distillation_weight) == (2e-4, 0.5)
     _, _, config = example.make_parser().parse_args_and_config(["--output_dir", "out", "--reconstruct", "false"])
     assert config.reconstruct is False
     flags = [
@@ -313,7 +320,6 @@ def test_readme_decoder_snippet_runs(checkpoint, corpus, tmp_path, monkeypatch):
     blocks = datasets.Dataset.from_dict({"input_ids": [tokenizer(line)["input_ids"][:24] for line in lines]})
     namespace = {
         "llm": AutoModelForCausalLM.from_pretrained(checkpoint),
-        "dense_finetuned": AutoModelForCausalLM.from_pretrained(checkpoint),
         "blocks": blocks,
         "tokenizer": tokenizer,
     }

@@ -4,8 +4,10 @@ family), their inputs and data sets, and the `PruningArguments`/`PruningTrainer`
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import pytest
@@ -359,3 +361,14 @@ def run_with_history(tmp_path, config, family: str = "bert", steps: int = 10, si
     )
     trainer.train()
     return trainer, history
+
+
+def load_example(name: str):
+    """`examples/<name>.py` as a module (the examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
