@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import os
 import re
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +79,14 @@ def _versions() -> dict[str, str]:
 def _layer_rows(before_layers: list[dict], after_layers: list[dict]) -> list[dict]:
     """One table row per run of consecutive layers with the same counts before and after (`index` "0" or "0–29"):
     a uniform export is one row, not one per layer."""
-    rows: list[dict] = []
-    for i, (before, after) in enumerate(zip(before_layers, after_layers)):
-        row = {**after, **{f"{k}_before": v for k, v in before.items()}}
-        if rows and {k: v for k, v in rows[-1].items() if k not in ("first", "last")} == row:
-            rows[-1]["last"] = i
-        else:
-            rows.append({**row, "first": i, "last": i})
-    for row in rows:
-        first, last = row.pop("first"), row.pop("last")
-        row["index"] = str(first) if first == last else f"{first}–{last}"
+    layers = [
+        {**after, **{f"{k}_before": v for k, v in before.items()}}
+        for before, after in zip(before_layers, after_layers)
+    ]
+    rows = []
+    for row, run in groupby(enumerate(layers), key=lambda item: item[1]):
+        indices = [i for i, _ in run]
+        rows.append({**row, "index": f"{indices[0]}–{indices[-1]}" if len(indices) > 1 else str(indices[0])})
     return rows
 
 
