@@ -113,11 +113,11 @@ def report(results: dict) -> str:
         "## Decoder LLM: the recipe through `examples/prune_causal_lm.py`",
         "",
         "The commands of the decoder recipe in [examples/README.md](examples/README.md#prune_causal_lmpy-fine-tune-"
-        "and-prune-a-pretrained-decoder-llm), run as a user runs them (each run its own process, seed 0): the tweets "
-        "+ 45 % Wikipedia blocks, 240 steps of 8 x 64 tokens at learning rate 2e-4 (cosine) unless a row says "
-        "otherwise, the pruned runs distilled (α 0.5) from the dense one or, where a row says so, from the model as "
-        "loaded (the pretrained SmolLM2), and pruned on the default cubic schedule. Perplexity as in the "
-        "decoder-LLM table (4,096 tokens, 512-token windows), its change against the dense model of the first row; decode tokens/s: "
+        "and-prune-a-pretrained-decoder-llm), run as a user runs them (each run its own process, seed 0 unless a row "
+        "says otherwise): the tweets + 45 % Wikipedia blocks, 240 steps of 8 x 64 tokens at learning rate 2e-4 "
+        "(cosine), the pruned runs distilled (α 0.5) from the dense one or, where a row says so, from the model as "
+        "loaded (the pretrained SmolLM2), and pruned on the default cubic schedule. Perplexity as in the decoder-LLM "
+        "table (4,096 tokens, 512-token windows), its change against the dense model of the first row; decode tokens/s: "
         "greedy decoding at batch 1, measured by the example on the model as loaded before training and on the "
         "trained one after it (the ratio; a single pair, about ±15 % of noise).",
         "",

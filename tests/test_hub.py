@@ -117,11 +117,11 @@ def test_model_card_gives_one_row_to_each_run_of_identical_layers():
     import hf_prune
     from hf_prune.model_card import render_model_card
 
-    from .tiny_models import FAMILY, build
+    from .tiny_models import FAMILY
 
     config = FAMILY["llama"].make_config()
     config.num_hidden_layers = 4
-    model = type(build(FAMILY["llama"]))(config)
+    model = FAMILY["llama"].task_class(config)
     hf_prune.prune_structures(model, neurons={0: [0, 1], 1: [2, 3], 3: [4, 5]})
     rows = [line for line in str(render_model_card(model)).splitlines() if line.startswith("| ") and "/ 48 |" in line]
     assert rows == [
