@@ -447,6 +447,8 @@ def test_general_text_is_the_asked_share_of_the_training_blocks(tmp_path, caplog
             CausalLMArguments(**args, general_text=str(tmp_path / "general.txt"), general_fraction=0.9), tokenizer
         )
     assert len(most.train) == n + 19 * 16 // 8 and "fewer than" in caplog.text  # every general block, and a warning
+    used = 1 - n / len(most.train)
+    assert used < 0.9 and most.train_documents.endswith(f"+ {used:.0%} of the blocks from {tmp_path / 'general.txt'}")
     with pytest.raises(ValueError, match="general_fraction"):
         CausalLMArguments(general_fraction=1.0)
     with pytest.raises(ValueError, match="general_text"):

@@ -178,8 +178,10 @@ def language_modeling_data(args: CausalLMArguments, tokenizer) -> LanguageModeli
     news = read_documents(args.news_file) if args.news_file else load_news_articles()
     train = token_blocks(train_texts, tokenizer, args.block_size)
     if args.general_text is not None and args.general_fraction > 0:
-        train = _with_general_text(train, args, tokenizer)
-        source += f" + {args.general_fraction:.0%} of the blocks from {args.general_text}"
+        mixed = _with_general_text(train, args, tokenizer)
+        # the share used, which is less than the one asked for when the general text runs out
+        source += f" + {1 - len(train) / len(mixed):.0%} of the blocks from {args.general_text}"
+        train = mixed
     return LanguageModelingData(
         train=train,
         eval_ids={
