@@ -4,13 +4,14 @@ The reference: SmolLM2 fine-tuned on the tweets + 45 % Wikipedia blocks for 240 
 (`--target_sparsity 0`, no distillation), the dense model every row is compared with. The recipe: 20 % of the
 prunable parameters removed while fine-tuning the same way, heads and neurons each giving up their share, units
 ranked by the gate's Fisher, the kept weights refit, and distillation from the model as loaded (the pretrained
-SmolLM2), in one run; also with more weight on that KL, and with another seed. Before it, the same levers distilled
+SmolLM2), in one run; also with more weight on that KL, another seed, more general text, earlier pruning, twice the
+steps (against a dense model fine-tuned as long) and at 40 %. Before it, the same levers distilled
 from the dense fine-tune instead (it is their teacher), at 20 % and 40 %, and the stock form (the example's defaults:
 MLP neurons only, the same count in every layer) with either teacher and without one.
 Each finished run's `metrics.json` goes into `benchmarks/results/causal_lm_recipe.json` as it ends. Runs already
 there are skipped; a teacher folder that is gone is trained again. The table goes into BENCHMARKS.md.
 
-    python benchmarks/causal_lm_recipe.py                  # about 4 hours on 2 CPU cores
+    python benchmarks/causal_lm_recipe.py                  # about 7 hours on 2 CPU cores
     python benchmarks/causal_lm_recipe.py --report_only
     python benchmarks/causal_lm_recipe.py --runs dense --results /tmp/r.json --extra --max_steps 4 --eval_tokens 512 \\
         --max_train_samples 200                            # smoke run
@@ -39,8 +40,25 @@ UNITS = [
 ]  # fmt: skip
 PRUNE = [*UNITS, *DISTIL]
 RECIPE = [*UNITS, "--distillation_weight", "0.5", "--neuron_multiple", "1", *DATA]
+
+
+DENSE = ["--target_sparsity", "0", "--reconstruct", "false", "--distillation_weight", "0", *DATA]
+
+
+def changed(argv: list[str], **changes: str) -> list[str]:
+    """`argv` with some values changed (or added), each flag once, as a user would type them."""
+    argv = list(argv)
+    for name, value in changes.items():
+        flag = f"--{name}"
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    return argv
+
+
 RUNS = {
-    "dense": ["--target_sparsity", "0", "--reconstruct", "false", "--distillation_weight", "0", *DATA],
+    "dense": DENSE,
     "pruned_20": [*PRUNE, "--neuron_multiple", "1", *DATA],
     "pruned_20_multiple_64": [*PRUNE, *DATA],  # the example's default: per-layer counts in multiples of 64
     "pruned_40": [*PRUNE, "--target_sparsity", "0.4", "--neuron_multiple", "1", *DATA],
@@ -54,7 +72,15 @@ RUNS = {
     "pruned_20_self_distilled": RECIPE,
     "pruned_20_self_distilled_075": [*UNITS, "--distillation_weight", "0.75", "--neuron_multiple", "1", *DATA],
     "pruned_20_self_distilled_seed1": [*RECIPE, "--seed", "1"],
+    # the levers left for the news: more general text, and more steps after the last removal
+    "pruned_20_self_distilled_general_070": changed(RECIPE, general_fraction="0.7", max_train_samples="6600"),
+    "pruned_20_self_distilled_early": changed(RECIPE, prune_start="0.1", prune_end="0.5"),
+    "pruned_40_self_distilled": changed(RECIPE, target_sparsity="0.4"),
+    # twice the steps, against the dense model fine-tuned as long
+    "dense_long": changed(DENSE, max_steps="480"),
+    "pruned_20_self_distilled_long": changed(RECIPE, max_steps="480"),
 }
+REFERENCE = {"pruned_20_self_distilled_long": "dense_long"}  # the dense run a row is compared with, if not `dense`
 LABELS = {  # in table order
     "dense": "dense: fine-tuned the same way, nothing removed, not distilled (`--target_sparsity 0 --reconstruct false "
     "--distillation_weight 0`); the teacher of the rows distilled from the dense model",
@@ -65,8 +91,16 @@ LABELS = {  # in table order
     "pruned_20_self_distilled_075": "the same, with more weight on the KL to the model as loaded "
     "(`--distillation_weight 0.75`)",
     "pruned_20_self_distilled_seed1": "the same at α 0.5, seed 1",
+    "pruned_20_self_distilled_general_070": "the same at α 0.5, with 70 % Wikipedia blocks: all 8,591 of them and "
+    "the first 6,600 tweets (`--general_fraction 0.7 --max_train_samples 6600`)",
+    "pruned_20_self_distilled_early": "the same, pruned earlier: between 10 % and 50 % of the steps, 120 steps left to "
+    "recover (`--prune_start 0.1 --prune_end 0.5`)",
+    "dense_long": "dense, fine-tuned twice as long (`--max_steps 480`)",
+    "pruned_20_self_distilled_long": "20 %, the recipe, twice the steps (`--max_steps 480`; against the dense model "
+    "fine-tuned as long)",
     "pruned_40": "40 %, heads and neurons each their share, Fisher, refit, distilled (`--target_sparsity 0.4 "
     "--neuron_multiple 1`)",
+    "pruned_40_self_distilled": "40 %, the same levers, distilled from the model as loaded (`--target_sparsity 0.4`)",
     "stock_20": "20 % of the MLP neurons, the same count in every layer (the example's defaults: a stock Llama), "
     "Fisher, refit, distilled",
     "stock_20_self_distilled": "20 % of the MLP neurons, the same count in every layer, refit, distilled from the model "
@@ -115,20 +149,21 @@ def report(results: dict) -> str:
         "The commands of the decoder recipe in [examples/README.md](examples/README.md#prune_causal_lmpy-fine-tune-"
         "and-prune-a-pretrained-decoder-llm), run as a user runs them (each run its own process, seed 0 unless a row "
         "says otherwise): the tweets + 45 % Wikipedia blocks, 240 steps of 8 x 64 tokens at learning rate 2e-4 "
-        "(cosine), the pruned runs distilled (α 0.5) from the dense one or, where a row says so, from the model as "
-        "loaded (the pretrained SmolLM2), and pruned on the default cubic schedule. Perplexity as in the decoder-LLM "
-        "table (4,096 tokens, 512-token windows), its change against the dense model of the first row; decode tokens/s: "
-        "greedy decoding at batch 1, measured by the example on the model as loaded before training and on the "
-        "trained one after it (the ratio; a single pair, about ±15 % of noise).",
+        "(cosine) unless a row says otherwise, the pruned runs distilled (α 0.5) from the dense one or, where a row "
+        "says so, from the model as loaded (the pretrained SmolLM2), and pruned on the default cubic schedule. "
+        "Perplexity as in the decoder-LLM table (4,096 tokens, 512-token windows), its change against the dense model "
+        "of the first row (or the one a row names); decode tokens/s: greedy decoding at batch 1, measured by the "
+        "example on the model as loaded before training and on the trained one after it (the ratio; a single pair, "
+        "about ±15 % of noise).",
         "",
         "| run | removed | parameters | perplexity, tweets | perplexity, news | decode tok/s, batch 1 | training |",
         "|---|---|---|---|---|---|---|",
     ]
-    dense = results.get("dense", {}).get("metrics")
     for name, label in LABELS.items():
         if name not in results:
             lines.append(f"| {label} | not run yet | | | | | |")
             continue
+        dense = results.get(REFERENCE.get(name, "dense"), {}).get("metrics")
         m = results[name]["metrics"]
         after = {split: m["perplexity"][split]["after"] for split in ("tweets", "news")}
         cells = [

@@ -94,3 +94,34 @@ def test_finished_runs_are_skipped_and_a_missing_teacher_is_trained_again(recipe
     recorded = json.loads(results.read_text())
     assert set(recorded) == {"dense", "pruned_20", "pruned_20_multiple_64"}
     assert recorded["pruned_20"]["argv"] == recipe.RUNS["pruned_20"]
+
+
+def test_changed_flags_appear_once_with_their_new_value(recipe):
+    argv = recipe.changed(recipe.RECIPE, general_fraction="0.7", seed="1")
+    assert argv.count("--general_fraction") == 1 and argv[argv.index("--general_fraction") + 1] == "0.7"
+    assert argv[-2:] == ["--seed", "1"] and len(argv) == len(recipe.RECIPE) + 2
+    assert recipe.RECIPE[recipe.RECIPE.index("--general_fraction") + 1] == "0.45"  # the recipe itself is untouched
+
+
+def _metrics(tweets: float, news: float) -> dict:
+    decode = {"batch_1": {"decode_tokens_per_s": 100.0}}
+    return {
+        "perplexity": {"tweets": {"after": tweets}, "news": {"after": news}},
+        "throughput": {"dense": decode, "pruned": decode},
+        "sparsity": 0.2,
+        "parameters": {"after": 1e8},
+        "train_seconds": 60.0,
+    }
+
+
+def test_a_row_is_compared_with_its_own_dense_run(recipe):
+    results = {
+        "dense": {"metrics": _metrics(50.0, 40.0)},
+        "dense_long": {"metrics": _metrics(40.0, 40.0)},
+        "pruned_20_self_distilled": {"metrics": _metrics(55.0, 44.0)},
+        "pruned_20_self_distilled_long": {"metrics": _metrics(44.0, 44.0)},
+    }
+    rows = {line.split(" | ")[0][2:]: line for line in recipe.report(results).splitlines() if line.startswith("| ")}
+    assert "55.00 (+10.0 %)" in rows[recipe.LABELS["pruned_20_self_distilled"]]  # against `dense`
+    assert "44.00 (+10.0 %)" in rows[recipe.LABELS["pruned_20_self_distilled_long"]]  # against `dense_long`
+    assert "not run yet" in rows[recipe.LABELS["pruned_40_self_distilled"]]
