@@ -76,9 +76,14 @@ RUNS = {
     "pruned_20_self_distilled_early": changed(RECIPE, prune_start="0.1", prune_end="0.5"),
     "dense_long": changed(DENSE, max_steps="480"),
     "pruned_20_self_distilled_long": changed(RECIPE, max_steps="480"),
+    "dense_long_seed1": changed(DENSE, max_steps="480", seed="1"),
+    "pruned_20_self_distilled_long_seed1": changed(RECIPE, max_steps="480", seed="1"),
     "pruned_40_self_distilled": changed(RECIPE, target_sparsity="0.4"),
 }
-REFERENCE = {"pruned_20_self_distilled_long": "dense_long"}  # the dense run a row is compared with, if not `dense`
+REFERENCE = {  # the dense run a row is compared with, if not `dense`
+    "pruned_20_self_distilled_long": "dense_long",
+    "pruned_20_self_distilled_long_seed1": "dense_long_seed1",
+}
 LABELS = {  # in table order
     "dense": "dense: fine-tuned the same way, nothing removed, not distilled (`--target_sparsity 0 --reconstruct false "
     "--distillation_weight 0`); the teacher of the rows distilled from the dense model",
@@ -96,6 +101,9 @@ LABELS = {  # in table order
     "dense_long": "dense, fine-tuned twice as long (`--max_steps 480`)",
     "pruned_20_self_distilled_long": "20 %, the recipe, twice the steps (`--max_steps 480`; against the dense model "
     "fine-tuned as long)",
+    "dense_long_seed1": "dense, fine-tuned twice as long, seed 1 (`--max_steps 480 --seed 1`)",
+    "pruned_20_self_distilled_long_seed1": "20 %, the recipe, twice the steps, seed 1 (`--max_steps 480 --seed 1`; "
+    "against the dense model of the row above)",
     "pruned_40": "40 %, heads and neurons each their share, Fisher, refit, distilled (`--target_sparsity 0.4 "
     "--neuron_multiple 1`)",
     "pruned_40_self_distilled": "40 %, the same levers, distilled from the model as loaded (`--target_sparsity 0.4`)",
@@ -193,16 +201,16 @@ def main() -> None:
     args = parser.parse_args()
     teacher = output_dir("dense", args.extra) / "pruned"
     for name in [] if args.report_only else args.runs:
-        if name != "dense" and name in load(args.results):
+        if name in load(args.results):
             continue
-        if "dense" not in load(args.results) or not teacher.exists():  # the teacher first, again if its folder is gone
+        if TEACHER in RUNS[name] and ("dense" not in load(args.results) or not teacher.exists()):
+            # the teacher first, again if its folder is gone; the rows distilled from the model as loaded need none
             record(
                 args.results,
                 "dense",
                 {"argv": RUNS["dense"] + args.extra, "metrics": run("dense", args.extra, teacher)},
             )
-        if name != "dense":
-            record(args.results, name, {"argv": RUNS[name] + args.extra, "metrics": run(name, args.extra, teacher)})
+        record(args.results, name, {"argv": RUNS[name] + args.extra, "metrics": run(name, args.extra, teacher)})
     if args.results == RESULTS / "causal_lm_recipe.json":
         write_section("llm-recipe", report(load(args.results)))
     else:

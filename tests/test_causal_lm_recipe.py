@@ -1,5 +1,6 @@
 """The decoder recipe's benchmark (benchmarks/causal_lm_recipe.py): its runs are the commands examples/README.md
-gives, finished runs are skipped, and a teacher whose folder is gone is trained again before a run that needs it."""
+gives, finished runs are skipped, and a teacher whose folder is gone is trained again before a run that needs it
+(only then)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,9 @@ def test_the_readme_commands_are_the_benchmarked_runs(recipe, example):
     assert _resolved(example, pruned) != _resolved(example, recipe.RUNS["pruned_20_self_distilled_075"])  # can fail
 
 
-def test_finished_runs_are_skipped_and_a_missing_teacher_is_trained_again(recipe, monkeypatch, tmp_path):
+def test_finished_runs_are_skipped_and_a_missing_teacher_is_trained_again_when_a_row_needs_it(
+    recipe, monkeypatch, tmp_path
+):
     monkeypatch.setenv("HF_PRUNE_CACHE", str(tmp_path / "cache"))
     calls = []
 
@@ -91,8 +94,11 @@ def test_finished_runs_are_skipped_and_a_missing_teacher_is_trained_again(recipe
     teacher.rmdir()
     main("pruned_20_multiple_64")
     assert calls == ["dense", "pruned_20", "dense", "pruned_20_multiple_64"]
+    teacher.rmdir()
+    main("pruned_20_self_distilled", "dense_long")
+    assert calls[4:] == ["pruned_20_self_distilled", "dense_long"]  # no teacher needed: none trained
     recorded = json.loads(results.read_text())
-    assert set(recorded) == {"dense", "pruned_20", "pruned_20_multiple_64"}
+    assert set(recorded) == {"dense", "pruned_20", "pruned_20_multiple_64", "pruned_20_self_distilled", "dense_long"}
     assert recorded["pruned_20"]["argv"] == recipe.RUNS["pruned_20"]
 
 
