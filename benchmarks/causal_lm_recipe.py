@@ -78,11 +78,14 @@ RUNS = {
     "pruned_20_self_distilled_long": changed(RECIPE, max_steps="480"),
     "dense_long_seed1": changed(DENSE, max_steps="480", seed="1"),
     "pruned_20_self_distilled_long_seed1": changed(RECIPE, max_steps="480", seed="1"),
+    "dense_long_seed2": changed(DENSE, max_steps="480", seed="2"),
+    "pruned_20_self_distilled_long_seed2": changed(RECIPE, max_steps="480", seed="2"),
     "pruned_40_self_distilled": changed(RECIPE, target_sparsity="0.4"),
 }
 REFERENCE = {  # the dense run a row is compared with, if not `dense`
     "pruned_20_self_distilled_long": "dense_long",
     "pruned_20_self_distilled_long_seed1": "dense_long_seed1",
+    "pruned_20_self_distilled_long_seed2": "dense_long_seed2",
 }
 LABELS = {  # in table order
     "dense": "dense: fine-tuned the same way, nothing removed, not distilled (`--target_sparsity 0 --reconstruct false "
@@ -103,6 +106,9 @@ LABELS = {  # in table order
     "fine-tuned as long)",
     "dense_long_seed1": "dense, fine-tuned twice as long, seed 1 (`--max_steps 480 --seed 1`)",
     "pruned_20_self_distilled_long_seed1": "20 %, the recipe, twice the steps, seed 1 (`--max_steps 480 --seed 1`; "
+    "against the dense model of the row above)",
+    "dense_long_seed2": "dense, fine-tuned twice as long, seed 2 (`--max_steps 480 --seed 2`)",
+    "pruned_20_self_distilled_long_seed2": "20 %, the recipe, twice the steps, seed 2 (`--max_steps 480 --seed 2`; "
     "against the dense model of the row above)",
     "pruned_40": "40 %, heads and neurons each their share, Fisher, refit, distilled (`--target_sparsity 0.4 "
     "--neuron_multiple 1`)",
