@@ -61,9 +61,9 @@ def _resolved(example, argv: list[str]) -> tuple:
 def test_the_readme_commands_are_the_benchmarked_runs(recipe, example):
     """The recipe block of examples/README.md runs exactly what the benchmark recorded, defaults included."""
     pruned, dense = _readme_commands()
-    assert _resolved(example, pruned) == _resolved(example, recipe.RUNS["pruned_20_self_distilled"])
-    assert _resolved(example, dense) == _resolved(example, recipe.RUNS["dense"])
-    assert _resolved(example, pruned) != _resolved(example, recipe.RUNS["pruned_20_self_distilled_075"])  # can fail
+    assert _resolved(example, pruned) == _resolved(example, recipe.RUNS["pruned_20_self_distilled_long"])
+    assert _resolved(example, dense) == _resolved(example, recipe.RUNS["dense_long"])
+    assert _resolved(example, pruned) != _resolved(example, recipe.RUNS["pruned_20_self_distilled"])  # can fail
 
 
 def test_finished_runs_are_skipped_and_a_missing_teacher_is_trained_again_when_a_row_needs_it(
