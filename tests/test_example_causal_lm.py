@@ -314,7 +314,7 @@ def test_readme_decoder_snippet_runs(checkpoint, corpus, tmp_path, monkeypatch):
     """The README's decoder-LLM code, as written, on the tiny checkpoint (only the step count is cut)."""
     readme = (ROOT / "README.md").read_text()
     code = readme.split("**A decoder LLM.**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    assert "max_steps=240" in code
+    assert "max_steps=480" in code
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     lines = corpus["train"].read_text().splitlines()[:64]
     blocks = datasets.Dataset.from_dict({"input_ids": [tokenizer(line)["input_ids"][:24] for line in lines]})
@@ -324,7 +324,7 @@ def test_readme_decoder_snippet_runs(checkpoint, corpus, tmp_path, monkeypatch):
         "tokenizer": tokenizer,
     }
     monkeypatch.chdir(tmp_path)
-    exec(code.replace("max_steps=240", "max_steps=8"), namespace)
+    exec(code.replace("max_steps=480", "max_steps=8"), namespace)
     pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "pruned", trust_remote_code=True)
     dense = AutoModelForCausalLM.from_pretrained(checkpoint).num_parameters()
     assert pruned.num_parameters() < dense  # `llm` itself was pruned in place by finalize()
