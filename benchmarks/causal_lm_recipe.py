@@ -80,6 +80,7 @@ RUNS = {
     "pruned_20_self_distilled_long_seed1": changed(RECIPE, max_steps="480", seed="1"),
     "dense_long_seed2": changed(DENSE, max_steps="480", seed="2"),
     "pruned_20_self_distilled_long_seed2": changed(RECIPE, max_steps="480", seed="2"),
+    "dense_long_5e5": changed(DENSE, max_steps="480", learning_rate="5e-5"),  # the dense model's better rate
     "pruned_40_self_distilled": changed(RECIPE, target_sparsity="0.4"),
 }
 REFERENCE = {  # the dense run a row is compared with, if not `dense`
@@ -110,6 +111,7 @@ LABELS = {  # in table order
     "dense_long_seed2": "dense, fine-tuned twice as long, seed 2 (`--max_steps 480 --seed 2`)",
     "pruned_20_self_distilled_long_seed2": "20 %, the recipe, twice the steps, seed 2 (`--max_steps 480 --seed 2`; "
     "against the dense model of the row above)",
+    "dense_long_5e5": "dense, twice the steps at a quarter of the learning rate (`--max_steps 480 --learning_rate 5e-5`)",
     "pruned_40": "40 %, heads and neurons each their share, Fisher, refit, distilled (`--target_sparsity 0.4 "
     "--neuron_multiple 1`)",
     "pruned_40_self_distilled": "40 %, the same levers, distilled from the model as loaded (`--target_sparsity 0.4`)",
