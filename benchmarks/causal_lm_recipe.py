@@ -5,13 +5,14 @@ The reference: SmolLM2 fine-tuned on the tweets + 45 % Wikipedia blocks for 240 
 prunable parameters removed while fine-tuning the same way, heads and neurons each giving up their share, units
 ranked by the gate's Fisher, the kept weights refit, and distillation from the model as loaded (the pretrained
 SmolLM2), in one run; also with more weight on that KL, another seed, more general text, earlier pruning, twice the
-steps (against a dense model fine-tuned as long) and at 40 %. Before it, the same levers distilled
-from the dense fine-tune instead (it is their teacher), at 20 % and 40 %, and the stock form (the example's defaults:
-MLP neurons only, the same count in every layer) with either teacher and without one.
+steps on three seeds (each against a dense model fine-tuned as long; also a dense one at 5e-5) and at 40 %. Before
+it, the same levers distilled from the dense fine-tune instead (it is their teacher), at 20 % and 40 %, and the stock
+form (the example's defaults: MLP neurons only, the same count in every layer) with either teacher and without one.
 Each finished run's `metrics.json` goes into `benchmarks/results/causal_lm_recipe.json` as it ends. Runs already
-there are skipped; a teacher folder that is gone is trained again. The table goes into BENCHMARKS.md.
+there are skipped; a teacher folder that is gone is trained again before a row that distils from it. The table goes
+into BENCHMARKS.md.
 
-    python benchmarks/causal_lm_recipe.py                  # about 7 hours on 2 CPU cores
+    python benchmarks/causal_lm_recipe.py                  # about 9 hours on 2 CPU cores
     python benchmarks/causal_lm_recipe.py --report_only
     python benchmarks/causal_lm_recipe.py --runs dense --results /tmp/r.json --extra --max_steps 4 --eval_tokens 512 \\
         --max_train_samples 200                            # smoke run
