@@ -42,6 +42,7 @@ UNITS = [
 PRUNE = [*UNITS, *DISTIL]
 RECIPE = [*UNITS, "--distillation_weight", "0.5", "--neuron_multiple", "1", *DATA]
 DENSE = ["--target_sparsity", "0", "--reconstruct", "false", "--distillation_weight", "0", *DATA]
+LONG_SEEDS = ("1", "2")  # the seeds the twice-the-steps pair also runs with, besides 0
 
 
 def changed(argv: list[str], **changes: str) -> list[str]:
@@ -77,17 +78,17 @@ RUNS = {
     "pruned_20_self_distilled_early": changed(RECIPE, prune_start="0.1", prune_end="0.5"),
     "dense_long": changed(DENSE, max_steps="480"),
     "pruned_20_self_distilled_long": changed(RECIPE, max_steps="480"),
-    "dense_long_seed1": changed(DENSE, max_steps="480", seed="1"),
-    "pruned_20_self_distilled_long_seed1": changed(RECIPE, max_steps="480", seed="1"),
-    "dense_long_seed2": changed(DENSE, max_steps="480", seed="2"),
-    "pruned_20_self_distilled_long_seed2": changed(RECIPE, max_steps="480", seed="2"),
+    **{  # the same pair on more seeds
+        f"{name}_seed{seed}": changed(argv, max_steps="480", seed=seed)
+        for seed in LONG_SEEDS
+        for name, argv in (("dense_long", DENSE), ("pruned_20_self_distilled_long", RECIPE))
+    },
     "dense_long_5e5": changed(DENSE, max_steps="480", learning_rate="5e-5"),  # the dense model's better rate
     "pruned_40_self_distilled": changed(RECIPE, target_sparsity="0.4"),
 }
-REFERENCE = {  # the dense run a row is compared with, if not `dense`
-    "pruned_20_self_distilled_long": "dense_long",
-    "pruned_20_self_distilled_long_seed1": "dense_long_seed1",
-    "pruned_20_self_distilled_long_seed2": "dense_long_seed2",
+REFERENCE = {  # the dense run a row is compared with, if not `dense`: each twice-the-steps row its own seed's
+    f"pruned_20_self_distilled_long{suffix}": f"dense_long{suffix}"
+    for suffix in ["", *(f"_seed{seed}" for seed in LONG_SEEDS)]
 }
 LABELS = {  # in table order
     "dense": "dense: fine-tuned the same way, nothing removed, not distilled (`--target_sparsity 0 --reconstruct false "
@@ -106,12 +107,18 @@ LABELS = {  # in table order
     "dense_long": "dense, fine-tuned twice as long (`--max_steps 480`)",
     "pruned_20_self_distilled_long": "20 %, the recipe, twice the steps (`--max_steps 480`; against the dense model "
     "fine-tuned as long)",
-    "dense_long_seed1": "dense, fine-tuned twice as long, seed 1 (`--max_steps 480 --seed 1`)",
-    "pruned_20_self_distilled_long_seed1": "20 %, the recipe, twice the steps, seed 1 (`--max_steps 480 --seed 1`; "
-    "against the dense model of the row above)",
-    "dense_long_seed2": "dense, fine-tuned twice as long, seed 2 (`--max_steps 480 --seed 2`)",
-    "pruned_20_self_distilled_long_seed2": "20 %, the recipe, twice the steps, seed 2 (`--max_steps 480 --seed 2`; "
-    "against the dense model of the row above)",
+    **{
+        f"{name}_seed{seed}": f"{text}, seed {seed} (`--max_steps 480 --seed {seed}`{note})"
+        for seed in LONG_SEEDS
+        for name, text, note in (
+            ("dense_long", "dense, fine-tuned twice as long", ""),
+            (
+                "pruned_20_self_distilled_long",
+                "20 %, the recipe, twice the steps",
+                "; against the dense model of the row above",
+            ),
+        )
+    },
     "dense_long_5e5": "dense, twice the steps at a quarter of the learning rate (`--max_steps 480 --learning_rate 5e-5`)",
     "pruned_40": "40 %, heads and neurons each their share, Fisher, refit, distilled (`--target_sparsity 0.4 "
     "--neuron_multiple 1`)",

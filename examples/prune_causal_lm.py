@@ -76,7 +76,8 @@ logger = logging.getLogger(__name__)
 # stock config that serving stacks load). On SmolLM2 (BENCHMARKS.md, decoder LLM section) Taylor is the best of the
 # project's criteria, and with heads and neurons in one ranking it spends the budget on key/value groups and the
 # held-out perplexity rises several times as much. `--prune_heads true --kind_budget proportional` prunes whole
-# key/value groups too, each kind its share; `--method` picks another method; target and structure apply to all
+# key/value groups too, each kind its share; `--method` picks another method; target and structure apply to every
+# method
 DEFAULTS = {
     "method": "taylor",
     "target_sparsity": 0.2,
