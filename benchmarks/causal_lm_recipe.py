@@ -33,6 +33,8 @@ from common import RESULTS, ROOT, cached_model_dir, environment, write_section
 
 EXAMPLE = ROOT / "examples" / "prune_causal_lm.py"
 TEACHER = "TEACHER"  # stands for the dense run's exported folder in the recorded flags
+TEACHER_5E5 = "TEACHER_5E5"  # the same for the dense run at 5e-5, the best dense model on both splits
+TEACHERS = {TEACHER: "dense", TEACHER_5E5: "dense_long_5e5"}  # placeholder -> the run whose model it stands for
 DATA = ["--general_text", "wikipedia", "--general_fraction", "0.45", "--max_steps", "240", "--learning_rate", "2e-4"]
 DISTIL = ["--distillation_weight", "0.5", "--teacher_model_name_or_path", TEACHER]
 UNITS = [
@@ -84,12 +86,14 @@ RUNS = {
         for name, argv in (("dense_long", DENSE), ("pruned_20_self_distilled_long", RECIPE))
     },
     "dense_long_5e5": changed(DENSE, max_steps="480", learning_rate="5e-5"),  # the dense model's better rate
+    # the recipe distilled from the best dense model instead of the model as loaded: the lever left for the news
+    "pruned_20_distilled_5e5_long": changed(RECIPE, max_steps="480", teacher_model_name_or_path=TEACHER_5E5),
     "pruned_40_self_distilled": changed(RECIPE, target_sparsity="0.4"),
 }
 REFERENCE = {  # the dense run a row is compared with, if not `dense`: each twice-the-steps row its own seed's
     f"pruned_20_self_distilled_long{suffix}": f"dense_long{suffix}"
     for suffix in ["", *(f"_seed{seed}" for seed in LONG_SEEDS)]
-}
+} | {"pruned_20_distilled_5e5_long": "dense_long_5e5"}
 LABELS = {  # in table order
     "dense": "dense: fine-tuned the same way, nothing removed, not distilled (`--target_sparsity 0 --reconstruct false "
     "--distillation_weight 0`); the teacher of the rows distilled from the dense model",
@@ -120,6 +124,8 @@ LABELS = {  # in table order
         )
     },
     "dense_long_5e5": "dense, twice the steps at a quarter of the learning rate (`--max_steps 480 --learning_rate 5e-5`)",
+    "pruned_20_distilled_5e5_long": "20 %, the recipe, twice the steps, distilled from the dense model of the row "
+    "above instead of the model as loaded (`--max_steps 480 --teacher_model_name_or_path` that model; against it)",
     "pruned_40": "40 %, heads and neurons each their share, Fisher, refit, distilled (`--target_sparsity 0.4 "
     "--neuron_multiple 1`)",
     "pruned_40_self_distilled": "40 %, the same levers, distilled from the model as loaded (`--target_sparsity 0.4`)",
@@ -148,11 +154,16 @@ def record(path: Path, name: str, entry: dict) -> None:
     os.replace(tmp, path)
 
 
-def run(name: str, extra: list[str], teacher: Path) -> dict:
+def teacher_dir(placeholder: str, extra: list[str]) -> Path:
+    """The exported model a teacher placeholder of the recorded flags stands for."""
+    return output_dir(TEACHERS[placeholder], extra) / "pruned"
+
+
+def run(name: str, extra: list[str]) -> dict:
     """One run of the example in a fresh folder; returns its `metrics.json`."""
     out = output_dir(name, extra)
     shutil.rmtree(out, ignore_errors=True)
-    argv = [str(teacher) if arg == TEACHER else arg for arg in RUNS[name]]
+    argv = [str(teacher_dir(arg, extra)) if arg in TEACHERS else arg for arg in RUNS[name]]
     command = [sys.executable, str(EXAMPLE), *argv, *extra, "--output_dir", str(out), "--disable_tqdm", "true"]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -215,18 +226,18 @@ def main() -> None:
     parser.add_argument("--report_only", action="store_true")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags added to every run (smoke runs)")
     args = parser.parse_args()
-    teacher = output_dir("dense", args.extra) / "pruned"
+
+    def run_and_record(name: str) -> None:
+        record(args.results, name, {"argv": RUNS[name] + args.extra, "metrics": run(name, args.extra)})
+
     for name in [] if args.report_only else args.runs:
         if name in load(args.results):
             continue
-        if TEACHER in RUNS[name] and ("dense" not in load(args.results) or not teacher.exists()):
+        for placeholder in sorted(TEACHERS.keys() & RUNS[name]):
             # the teacher first, again if its folder is gone; the rows distilled from the model as loaded need none
-            record(
-                args.results,
-                "dense",
-                {"argv": RUNS["dense"] + args.extra, "metrics": run("dense", args.extra, teacher)},
-            )
-        record(args.results, name, {"argv": RUNS[name] + args.extra, "metrics": run(name, args.extra, teacher)})
+            if TEACHERS[placeholder] not in load(args.results) or not teacher_dir(placeholder, args.extra).exists():
+                run_and_record(TEACHERS[placeholder])
+        run_and_record(name)
     if args.results == RESULTS / "causal_lm_recipe.json":
         write_section("llm-recipe", report(load(args.results)))
     else:

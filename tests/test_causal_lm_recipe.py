@@ -72,10 +72,10 @@ def test_finished_runs_are_skipped_and_a_missing_teacher_is_trained_again_when_a
     monkeypatch.setenv("HF_PRUNE_CACHE", str(tmp_path / "cache"))
     calls = []
 
-    def fake_run(name, extra, teacher):
+    def fake_run(name, extra):
         calls.append(name)
-        if name == "dense":
-            teacher.mkdir(parents=True)
+        if name in recipe.TEACHERS.values():
+            (recipe.output_dir(name, extra) / "pruned").mkdir(parents=True)
         return {"run": name}
 
     monkeypatch.setattr(recipe, "run", fake_run)
@@ -97,8 +97,13 @@ def test_finished_runs_are_skipped_and_a_missing_teacher_is_trained_again_when_a
     teacher.rmdir()
     main("pruned_20_self_distilled", "dense_long")
     assert calls[4:] == ["pruned_20_self_distilled", "dense_long"]  # no teacher needed: none trained
+    main("pruned_20_distilled_5e5_long")
+    assert calls[6:] == ["dense_long_5e5", "pruned_20_distilled_5e5_long"]  # its own teacher, not `dense`
     recorded = json.loads(results.read_text())
-    assert set(recorded) == {"dense", "pruned_20", "pruned_20_multiple_64", "pruned_20_self_distilled", "dense_long"}
+    assert set(recorded) == {
+        "dense", "pruned_20", "pruned_20_multiple_64", "pruned_20_self_distilled", "dense_long", "dense_long_5e5",
+        "pruned_20_distilled_5e5_long",
+    }  # fmt: skip
     assert recorded["pruned_20"]["argv"] == recipe.RUNS["pruned_20"]
 
 
