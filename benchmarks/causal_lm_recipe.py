@@ -73,6 +73,7 @@ RUNS = {
     # the recipe: the best levers in one run, distilled from the model as loaded instead of a dense fine-tune
     "pruned_20_self_distilled": RECIPE,
     "pruned_20_self_distilled_075": [*UNITS, "--distillation_weight", "0.75", "--neuron_multiple", "1", *DATA],
+    "dense_seed1": changed(DENSE, seed="1"),
     "pruned_20_self_distilled_seed1": [*RECIPE, "--seed", "1"],
     # the levers left for the news: more general text, more steps after the last removal, twice the steps (against
     # the dense model fine-tuned as long)
@@ -89,11 +90,16 @@ RUNS = {
     # the recipe distilled from the best dense model instead of the model as loaded: the lever left for the news
     "pruned_20_distilled_5e5_long": changed(RECIPE, max_steps="480", teacher_model_name_or_path=TEACHER_5E5),
     "pruned_40_self_distilled": changed(RECIPE, target_sparsity="0.4"),
+    "pruned_40_self_distilled_seed1": changed(RECIPE, target_sparsity="0.4", seed="1"),
 }
 REFERENCE = {  # the dense run a row is compared with, if not `dense`: each twice-the-steps row its own seed's
     f"pruned_20_self_distilled_long{suffix}": f"dense_long{suffix}"
     for suffix in ["", *(f"_seed{seed}" for seed in LONG_SEEDS)]
-} | {"pruned_20_distilled_5e5_long": "dense_long_5e5"}
+} | {
+    "pruned_20_distilled_5e5_long": "dense_long_5e5",
+    "pruned_20_self_distilled_seed1": "dense_seed1",
+    "pruned_40_self_distilled_seed1": "dense_seed1",
+}
 LABELS = {  # in table order
     "dense": "dense: fine-tuned the same way, nothing removed, not distilled (`--target_sparsity 0 --reconstruct false "
     "--distillation_weight 0`); the teacher of the rows distilled from the dense model",
@@ -103,7 +109,8 @@ LABELS = {  # in table order
     "loaded instead (one run, no teacher; `--neuron_multiple 1`)",
     "pruned_20_self_distilled_075": "the same, with more weight on the KL to the model as loaded "
     "(`--distillation_weight 0.75`)",
-    "pruned_20_self_distilled_seed1": "the same at α 0.5, seed 1",
+    "dense_seed1": "dense, seed 1 (`--seed 1`)",
+    "pruned_20_self_distilled_seed1": "the same at α 0.5, seed 1 (against the dense model of the row above)",
     "pruned_20_self_distilled_general_070": "the same at α 0.5, with 70 % Wikipedia blocks: all 8,591 of them and "
     "the first 6,600 tweets (`--general_fraction 0.7 --max_train_samples 6600`)",
     "pruned_20_self_distilled_early": "the same, pruned earlier: between 10 % and 50 % of the steps, 120 steps left to "
@@ -129,6 +136,8 @@ LABELS = {  # in table order
     "pruned_40": "40 %, heads and neurons each their share, Fisher, refit, distilled (`--target_sparsity 0.4 "
     "--neuron_multiple 1`)",
     "pruned_40_self_distilled": "40 %, the same levers, distilled from the model as loaded (`--target_sparsity 0.4`)",
+    "pruned_40_self_distilled_seed1": "the same, seed 1 (`--target_sparsity 0.4 --seed 1`; against the dense model at "
+    "seed 1)",
     "stock_20": "20 % of the MLP neurons, the same count in every layer (the example's defaults: a stock Llama), "
     "Fisher, refit, distilled",
     "stock_20_self_distilled": "20 % of the MLP neurons, the same count in every layer, refit, distilled from the model "
