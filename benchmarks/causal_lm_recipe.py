@@ -91,6 +91,7 @@ RUNS = {
     "pruned_20_distilled_5e5_long": changed(RECIPE, max_steps="480", teacher_model_name_or_path=TEACHER_5E5),
     "pruned_40_self_distilled": changed(RECIPE, target_sparsity="0.4"),
     "pruned_40_self_distilled_seed1": changed(RECIPE, target_sparsity="0.4", seed="1"),
+    "pruned_40_self_distilled_long": changed(RECIPE, target_sparsity="0.4", max_steps="480"),
 }
 REFERENCE = {  # the dense run a row is compared with, if not `dense`: each twice-the-steps row its own seed's
     f"pruned_20_self_distilled_long{suffix}": f"dense_long{suffix}"
@@ -99,6 +100,7 @@ REFERENCE = {  # the dense run a row is compared with, if not `dense`: each twic
     "pruned_20_distilled_5e5_long": "dense_long_5e5",
     "pruned_20_self_distilled_seed1": "dense_seed1",
     "pruned_40_self_distilled_seed1": "dense_seed1",
+    "pruned_40_self_distilled_long": "dense_long",
 }
 LABELS = {  # in table order
     "dense": "dense: fine-tuned the same way, nothing removed, not distilled (`--target_sparsity 0 --reconstruct false "
@@ -138,6 +140,8 @@ LABELS = {  # in table order
     "pruned_40_self_distilled": "40 %, the same levers, distilled from the model as loaded (`--target_sparsity 0.4`)",
     "pruned_40_self_distilled_seed1": "the same, seed 1 (`--target_sparsity 0.4 --seed 1`; against the dense model at "
     "seed 1)",
+    "pruned_40_self_distilled_long": "the same at seed 0, twice the steps (`--target_sparsity 0.4 --max_steps 480`; "
+    "against the dense model fine-tuned as long)",
     "stock_20": "20 % of the MLP neurons, the same count in every layer (the example's defaults: a stock Llama), "
     "Fisher, refit, distilled",
     "stock_20_self_distilled": "20 % of the MLP neurons, the same count in every layer, refit, distilled from the model "
