@@ -105,14 +105,14 @@ REFERENCE = {  # the dense run a row is compared with, if not `dense`: each twic
 LABELS = {  # in table order
     "dense": "dense: fine-tuned the same way, nothing removed, not distilled (`--target_sparsity 0 --reconstruct false "
     "--distillation_weight 0`); the teacher of the rows distilled from the dense model",
+    "dense_seed1": "dense, seed 1 (`--seed 1`)",
     "pruned_20": "20 %, heads and neurons each their share, Fisher, refit, distilled (`--neuron_multiple 1`)",
     "pruned_20_multiple_64": "as above, neuron counts in multiples of 64 (the example's default `--neuron_multiple`)",
     "pruned_20_self_distilled": "20 %, heads and neurons each their share, Fisher, refit, distilled from the model as "
     "loaded instead (one run, no teacher; `--neuron_multiple 1`)",
     "pruned_20_self_distilled_075": "the same, with more weight on the KL to the model as loaded "
     "(`--distillation_weight 0.75`)",
-    "dense_seed1": "dense, seed 1 (`--seed 1`)",
-    "pruned_20_self_distilled_seed1": "the same at α 0.5, seed 1 (against the dense model of the row above)",
+    "pruned_20_self_distilled_seed1": "the same at α 0.5, seed 1 (against the dense model at seed 1, the second row)",
     "pruned_20_self_distilled_general_070": "the same at α 0.5, with 70 % Wikipedia blocks: all 8,591 of them and "
     "the first 6,600 tweets (`--general_fraction 0.7 --max_train_samples 6600`)",
     "pruned_20_self_distilled_early": "the same, pruned earlier: between 10 % and 50 % of the steps, 120 steps left to "
