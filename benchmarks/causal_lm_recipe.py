@@ -1,18 +1,19 @@
 """The decoder-LLM recipe of examples/README.md, run through the example itself, as a user would run it.
 
 The reference: SmolLM2 fine-tuned on the tweets + 45 % Wikipedia blocks for 240 steps at 2e-4 with nothing removed
-(`--target_sparsity 0`, no distillation), the dense model every row is compared with. The recipe: 20 % of the
-prunable parameters removed while fine-tuning the same way, heads and neurons each giving up their share, units
-ranked by the gate's Fisher, the kept weights refit, and distillation from the model as loaded (the pretrained
-SmolLM2), in one run; also with more weight on that KL, another seed, more general text, earlier pruning, twice the
-steps on three seeds (each against a dense model fine-tuned as long; also a dense one at 5e-5) and at 40 %. Before
-it, the same levers distilled from the dense fine-tune instead (it is their teacher), at 20 % and 40 %, and the stock
-form (the example's defaults: MLP neurons only, the same count in every layer) with either teacher and without one.
-Each finished run's `metrics.json` goes into `benchmarks/results/causal_lm_recipe.json` as it ends. Runs already
-there are skipped; a teacher folder that is gone is trained again before a row that distils from it. The table goes
-into BENCHMARKS.md.
+(`--target_sparsity 0`, no distillation), the dense model a row is compared with unless it names another (the one
+with its seed and steps). The recipe: 20 % of the prunable parameters removed while fine-tuning the same way, heads
+and neurons each giving up their share, units ranked by the gate's Fisher, the kept weights refit, and distillation
+from the model as loaded (the pretrained SmolLM2), in one run; also with more weight on that KL, another seed, more
+general text, earlier pruning, twice the steps on three seeds (each against a dense model fine-tuned as long; also a
+dense one at 5e-5, and the recipe distilled from it) and at 40 % (two seeds, and twice the steps). Before it, the
+same levers distilled from the dense fine-tune instead (it is their teacher), at 20 % and 40 %, and the stock form
+(the example's defaults: MLP neurons only, the same count in every layer) with either teacher and without one. Each
+finished run's `metrics.json` goes into `benchmarks/results/causal_lm_recipe.json` as it ends. Runs already there
+are skipped; a teacher folder that is gone is trained again before a row that distils from it (`TEACHERS`). The
+table goes into BENCHMARKS.md.
 
-    python benchmarks/causal_lm_recipe.py                  # about 9 hours on 2 CPU cores
+    python benchmarks/causal_lm_recipe.py                  # about 11 hours on 2 CPU cores
     python benchmarks/causal_lm_recipe.py --report_only
     python benchmarks/causal_lm_recipe.py --runs dense --results /tmp/r.json --extra --max_steps 4 --eval_tokens 512 \\
         --max_train_samples 200                            # smoke run
@@ -93,7 +94,7 @@ RUNS = {
     "pruned_40_self_distilled_seed1": changed(RECIPE, target_sparsity="0.4", seed="1"),
     "pruned_40_self_distilled_long": changed(RECIPE, target_sparsity="0.4", max_steps="480"),
 }
-REFERENCE = {  # the dense run a row is compared with, if not `dense`: each twice-the-steps row its own seed's
+REFERENCE = {  # the dense run a row is compared with, if not `dense`: the one with its seed and steps (or its teacher)
     f"pruned_20_self_distilled_long{suffix}": f"dense_long{suffix}"
     for suffix in ["", *(f"_seed{seed}" for seed in LONG_SEEDS)]
 } | {
