@@ -93,6 +93,7 @@ RUNS = {
     "pruned_40_self_distilled": changed(RECIPE, target_sparsity="0.4"),
     "pruned_40_self_distilled_seed1": changed(RECIPE, target_sparsity="0.4", seed="1"),
     "pruned_40_self_distilled_long": changed(RECIPE, target_sparsity="0.4", max_steps="480"),
+    "pruned_40_self_distilled_long_seed1": changed(RECIPE, target_sparsity="0.4", max_steps="480", seed="1"),
 }
 REFERENCE = {  # the dense run a row is compared with, if not `dense`: the one with its seed and steps (or its teacher)
     f"pruned_20_self_distilled_long{suffix}": f"dense_long{suffix}"
@@ -102,6 +103,7 @@ REFERENCE = {  # the dense run a row is compared with, if not `dense`: the one w
     "pruned_20_self_distilled_seed1": "dense_seed1",
     "pruned_40_self_distilled_seed1": "dense_seed1",
     "pruned_40_self_distilled_long": "dense_long",
+    "pruned_40_self_distilled_long_seed1": "dense_long_seed1",
 }
 LABELS = {  # in table order
     "dense": "dense: fine-tuned the same way, nothing removed, not distilled (`--target_sparsity 0 --reconstruct false "
@@ -143,6 +145,8 @@ LABELS = {  # in table order
     "seed 1)",
     "pruned_40_self_distilled_long": "the same at seed 0, twice the steps (`--target_sparsity 0.4 --max_steps 480`; "
     "against the dense model fine-tuned as long)",
+    "pruned_40_self_distilled_long_seed1": "the same, seed 1 (`--target_sparsity 0.4 --max_steps 480 --seed 1`; "
+    "against the dense model fine-tuned as long with seed 1)",
     "stock_20": "20 % of the MLP neurons, the same count in every layer (the example's defaults: a stock Llama), "
     "Fisher, refit, distilled",
     "stock_20_self_distilled": "20 % of the MLP neurons, the same count in every layer, refit, distilled from the model "
