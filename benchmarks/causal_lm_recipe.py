@@ -1,8 +1,8 @@
 """The decoder-LLM recipe of examples/README.md, run through the example itself, as a user would run it.
 
 The reference: SmolLM2 fine-tuned on the tweets + 45 % Wikipedia blocks for 240 steps at 2e-4 with nothing removed
-(`--target_sparsity 0`, no distillation), the dense model a row is compared with unless it names another (the one
-with its seed and steps). The recipe: 20 % of the prunable parameters removed while fine-tuning the same way, heads
+(`--target_sparsity 0`, no distillation), the dense model a row is compared with unless another fits it better
+(`reference`: its dense teacher, or the dense run with its seed and steps). The recipe: 20 % of the prunable parameters removed while fine-tuning the same way, heads
 and neurons each giving up their share, units ranked by the gate's Fisher, the kept weights refit, and distillation
 from the model as loaded (the pretrained SmolLM2), in one run; also with more weight on that KL, another seed, more
 general text, earlier pruning, twice the steps on three seeds (each against a dense model fine-tuned as long; also a
@@ -95,16 +95,6 @@ RUNS = {
     "pruned_40_self_distilled_long": changed(RECIPE, target_sparsity="0.4", max_steps="480"),
     "pruned_40_self_distilled_long_seed1": changed(RECIPE, target_sparsity="0.4", max_steps="480", seed="1"),
 }
-REFERENCE = {  # the dense run a row is compared with, if not `dense`: the one with its seed and steps (or its teacher)
-    f"pruned_20_self_distilled_long{suffix}": f"dense_long{suffix}"
-    for suffix in ["", *(f"_seed{seed}" for seed in LONG_SEEDS)]
-} | {
-    "pruned_20_distilled_5e5_long": "dense_long_5e5",
-    "pruned_20_self_distilled_seed1": "dense_seed1",
-    "pruned_40_self_distilled_seed1": "dense_seed1",
-    "pruned_40_self_distilled_long": "dense_long",
-    "pruned_40_self_distilled_long_seed1": "dense_long_seed1",
-}
 LABELS = {  # in table order
     "dense": "dense: fine-tuned the same way, nothing removed, not distilled (`--target_sparsity 0 --reconstruct false "
     "--distillation_weight 0`); the teacher of the rows distilled from the dense model",
@@ -153,6 +143,28 @@ LABELS = {  # in table order
     "as loaded (one run, no teacher; `--distillation_weight 0.5`)",
     "stock_20_one_run": "the same, not distilled (`--distillation_weight 0`)",
 }
+
+
+def flag(argv: list[str], name: str, default: str | None = None) -> str | None:
+    """The value of `--name` in `argv`, or `default`."""
+    return argv[argv.index(f"--{name}") + 1] if f"--{name}" in argv else default
+
+
+def reference(name: str) -> str:
+    """The dense run a row is compared with: the dense teacher it names if that is not `dense`, else the dense run
+    with its seed, steps and learning rate (dense rows: `dense`)."""
+    argv = RUNS[name]
+    if flag(argv, "target_sparsity") == "0":
+        return "dense"
+    teachers = [TEACHERS[arg] for arg in argv if arg in TEACHERS and TEACHERS[arg] != "dense"]
+    if teachers:
+        return teachers[0]
+    same = ("seed", "max_steps", "learning_rate")
+    return next(
+        dense
+        for dense, flags in RUNS.items()
+        if flag(flags, "target_sparsity") == "0" and all(flag(flags, f) == flag(argv, f) for f in same)
+    )
 
 
 def output_dir(name: str, extra: list[str]) -> Path:
@@ -214,7 +226,7 @@ def report(results: dict) -> str:
         if name not in results:
             lines.append(f"| {label} | not run yet | | | | | |")
             continue
-        dense = results.get(REFERENCE.get(name, "dense"), {}).get("metrics")
+        dense = results.get(reference(name), {}).get("metrics")
         m = results[name]["metrics"]
         after = {split: m["perplexity"][split]["after"] for split in ("tweets", "news")}
         cells = [
